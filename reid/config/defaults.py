@@ -1,0 +1,125 @@
+"""The one configuration tree. Every key is listed here with its default.
+
+YAML files in ``configs/`` override only what differs; command-line
+``KEY VALUE`` pairs override the YAML. Keys are validated once by
+:func:`reid.config.load_cfg`, then the tree is frozen.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# Where logs, checkpoints, the resolved config and metrics.json are written.
+_C.OUTPUT_DIR = "output"
+# Seed for Python, NumPy, torch and the PK sampler.
+_C.SEED = 0
+
+# ---------------------------------------------------------------------------
+_C.MODEL = CN()
+# "auto" picks cuda when available, else cpu.
+_C.MODEL.DEVICE = "auto"
+# Name in reid.models.BACKBONES (resnet18, resnet50, resnet50_ibn_a, ...).
+_C.MODEL.BACKBONE = "resnet50"
+# Stride of the last ResNet stage: 1 doubles the final feature map (Bag-of-Tricks).
+_C.MODEL.LAST_STRIDE = 1
+# Start from ImageNet weights: MODEL.PRETRAIN_PATH if set, else torchvision's local cache.
+_C.MODEL.PRETRAINED = False
+# A local state dict (torchvision-style or a reid checkpoint); never downloaded.
+_C.MODEL.PRETRAIN_PATH = ""
+# Global pooling of the backbone map: "avg", "max" or "gem" (learnable p).
+_C.MODEL.POOLING = "avg"
+# BNNeck: BatchNorm1d between the pooled feature and the classifier.
+_C.MODEL.BNNECK = True
+
+# ---------------------------------------------------------------------------
+_C.INPUT = CN()
+# Training image size [H, W].
+_C.INPUT.SIZE_TRAIN = [256, 128]
+# Test image size [H, W].
+_C.INPUT.SIZE_TEST = [256, 128]
+# Probability of a horizontal flip (0 disables).
+_C.INPUT.FLIP_PROB = 0.5
+# Zero padding before the random crop back to SIZE_TRAIN (0 disables both).
+_C.INPUT.PADDING = 10
+# Probability of random erasing (0 disables).
+_C.INPUT.RE_PROB = 0.5
+# Normalisation statistics (ImageNet), RGB in [0, 1].
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+
+# ---------------------------------------------------------------------------
+_C.DATASETS = CN()
+# Name in reid.data.DATASETS: market1501, dukemtmc, msmt17, market_folder, synthetic.
+_C.DATASETS.NAME = "market1501"
+# The dataset folder, or a parent holding it under its usual name.
+_C.DATASETS.ROOT = "datasets"
+# Built-in synthetic pedestrians, generated under ROOT on first use.
+_C.DATASETS.SYNTHETIC = CN()
+# Identities in all; half train, half test.
+_C.DATASETS.SYNTHETIC.NUM_IDENTITIES = 300
+_C.DATASETS.SYNTHETIC.NUM_CAMERAS = 6
+_C.DATASETS.SYNTHETIC.SEED = 0
+
+# ---------------------------------------------------------------------------
+_C.DATALOADER = CN()
+# Worker processes per loader (0 loads in the main process).
+_C.DATALOADER.NUM_WORKERS = 4
+# K: images per identity in a training batch (P = SOLVER.IMS_PER_BATCH / K).
+_C.DATALOADER.NUM_INSTANCES = 4
+
+# ---------------------------------------------------------------------------
+_C.SOLVER = CN()
+# "adam" or "sgd".
+_C.SOLVER.OPTIMIZER = "adam"
+_C.SOLVER.MAX_EPOCHS = 120
+_C.SOLVER.BASE_LR = 3.5e-4
+# Learning rate of bias parameters = BASE_LR * BIAS_LR_FACTOR.
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.WEIGHT_DECAY = 5e-4
+_C.SOLVER.WEIGHT_DECAY_BIAS = 5e-4
+# P x K images per training batch.
+_C.SOLVER.IMS_PER_BATCH = 64
+# "multistep" (decay by GAMMA at STEPS) or "cosine"; stepped once per epoch.
+_C.SOLVER.SCHEDULER = "multistep"
+# Epochs at which the learning rate is multiplied by GAMMA.
+_C.SOLVER.STEPS = [40, 70]
+_C.SOLVER.GAMMA = 0.1
+# Linear warmup from BASE_LR * WARMUP_FACTOR over WARMUP_EPOCHS (0 disables).
+_C.SOLVER.WARMUP_FACTOR = 0.01
+_C.SOLVER.WARMUP_EPOCHS = 10
+# SGD learning rate of the center-loss centers (Bag-of-Tricks).
+_C.SOLVER.CENTER_LR = 0.5
+
+# ---------------------------------------------------------------------------
+_C.LOSS = CN()
+# Weight of the cross-entropy (identity) loss on the classifier logits.
+_C.LOSS.CE_WEIGHT = 1.0
+# Label-smoothing epsilon (0 disables).
+_C.LOSS.LABEL_SMOOTH = 0.1
+# Weight of the batch-hard triplet loss on the pre-BNNeck feature.
+_C.LOSS.TRIPLET_WEIGHT = 1.0
+# Triplet margin; 0 uses the soft margin (softplus).
+_C.LOSS.TRIPLET_MARGIN = 0.3
+# L2-normalise features before the triplet distances.
+_C.LOSS.TRIPLET_NORM_FEAT = False
+# Weight of the center loss (0 disables; Bag-of-Tricks uses 0.0005).
+_C.LOSS.CENTER_WEIGHT = 0.0
+
+# ---------------------------------------------------------------------------
+_C.TEST = CN()
+# Images per evaluation batch.
+_C.TEST.IMS_PER_BATCH = 128
+# Checkpoint evaluated by tools/test.py.
+_C.TEST.WEIGHT = ""
+# Evaluate every EVAL_PERIOD epochs during training (and always at the end).
+_C.TEST.EVAL_PERIOD = 10
+# Test feature: "before" or "after" the BNNeck.
+_C.TEST.NECK_FEAT = "after"
+# L2-normalise test features (cosine distance).
+_C.TEST.FEAT_NORM = True
+
+
+def get_default_cfg() -> CN:
+    """A fresh, mutable copy of the default tree."""
+    return _C.clone()

@@ -1,0 +1,75 @@
+"""Datasets and loaders from the config."""
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader
+from yacs.config import CfgNode
+
+from reid.data.datasets import DATASETS, ReidDataset
+from reid.data.image_dataset import ImageDataset
+from reid.data.sampler import PKSampler
+from reid.data.transforms import build_test_transform, build_train_transform
+
+logger = logging.getLogger(__name__)
+
+
+def build_dataset(cfg: CfgNode) -> ReidDataset:
+    """Parses ``DATASETS.NAME`` under ``DATASETS.ROOT`` and logs its statistics."""
+    options = {}
+    if cfg.DATASETS.NAME == "synthetic":
+        synthetic = cfg.DATASETS.SYNTHETIC
+        options = {
+            "num_identities": synthetic.NUM_IDENTITIES,
+            "num_cameras": synthetic.NUM_CAMERAS,
+            "seed": synthetic.SEED,
+        }
+    dataset = DATASETS.get(cfg.DATASETS.NAME)(cfg.DATASETS.ROOT, **options)
+    logger.info("%s", dataset.stats_table())
+    return dataset
+
+
+def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
+    """Training loader: augmented images in PK batches (``SOLVER.IMS_PER_BATCH`` = P x K).
+
+    Batches are ``(images (B, 3, H, W), pids (B,), camids (B,))`` with relabelled pids.
+    """
+    transform = build_train_transform(
+        cfg.INPUT.SIZE_TRAIN,
+        cfg.INPUT.PIXEL_MEAN,
+        cfg.INPUT.PIXEL_STD,
+        flip_prob=cfg.INPUT.FLIP_PROB,
+        padding=cfg.INPUT.PADDING,
+        erase_prob=cfg.INPUT.RE_PROB,
+    )
+    sampler = PKSampler(
+        [r.pid for r in dataset.train],
+        batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        num_instances=cfg.DATALOADER.NUM_INSTANCES,
+        seed=cfg.SEED,
+    )
+    return DataLoader(
+        ImageDataset(dataset.train, transform),
+        batch_sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+    )
+
+
+def build_test_loader(cfg: CfgNode, dataset: ReidDataset) -> tuple[DataLoader, int]:
+    """Query followed by gallery in one pass.
+
+    Returns:
+        The loader, yielding ``(images (B, 3, H, W), pids (B,), camids (B,))``, and
+        the number of query images (the first items).
+    """
+    transform = build_test_transform(cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    loader = DataLoader(
+        ImageDataset(dataset.query + dataset.gallery, transform),
+        batch_size=cfg.TEST.IMS_PER_BATCH,
+        shuffle=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return loader, len(dataset.query)

@@ -1,0 +1,94 @@
+"""PK identity sampling: every batch holds P identities x K images each."""
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from reid.errors import ReidError
+
+
+class PKSampler(Sampler[list[int]]):
+    """Batch sampler for metric learning: P distinct identities x K images per batch.
+
+    Each epoch, every identity's images are shuffled and cut into chunks of K; an
+    identity with fewer than K images is topped up by sampling its own images with
+    replacement, and a last partial chunk is completed with other images of the
+    same identity. Batches then draw P distinct identities, each giving one chunk,
+    with probability proportional to the chunks it has left, so identities run out
+    together and an epoch visits every training image about once (only the chunks
+    left when fewer than P identities remain are skipped).
+
+    Order is a pure function of ``(seed, epoch)``: ``set_epoch`` makes a resumed
+    run see the same batches. Batches are built as lists of per-identity chunks,
+    so a distributed version can hand each process whole identities of a batch.
+
+    Args:
+        pids: the identity of each dataset index, length N.
+        batch_size: P x K.
+        num_instances: K.
+        seed: base seed; epoch ``e`` uses ``(seed, e)``.
+    """
+
+    def __init__(
+        self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0
+    ) -> None:
+        if batch_size % num_instances:
+            raise ReidError(
+                f"batch size {batch_size} is not a multiple of {num_instances} images per identity"
+            )
+        self.num_identities = batch_size // num_instances
+        self.num_instances = num_instances
+        self.seed = seed
+        self.epoch = 0
+        indices_of = defaultdict(list)
+        for index, pid in enumerate(pids):
+            indices_of[pid].append(index)
+        self._indices = [np.array(indices_of[pid]) for pid in sorted(indices_of)]
+        if len(self._indices) < self.num_identities:
+            raise ReidError(
+                f"a batch needs {self.num_identities} identities (batch size {batch_size} / "
+                f"{num_instances} per identity) but the training set has {len(self._indices)}"
+            )
+        self._cache: tuple[int, list[list[np.ndarray]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose batches the next iteration yields."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches(self.epoch)
+        self.epoch += 1
+        for chunks in batches:
+            yield np.concatenate(chunks).tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches(self.epoch))
+
+    def _batches(self, epoch: int) -> list[list[np.ndarray]]:
+        """Batches of ``epoch``, each a list of P chunks of K dataset indices."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng = np.random.default_rng([self.seed, epoch])
+        chunks = [self._chunks(indices, rng) for indices in self._indices]
+        left = np.array([len(c) for c in chunks], dtype=np.float64)
+        batches = []
+        while np.count_nonzero(left) >= self.num_identities:
+            probs = left / left.sum()
+            chosen = rng.choice(len(chunks), self.num_identities, replace=False, p=probs)
+            batches.append([chunks[i].pop() for i in chosen])
+            left[chosen] -= 1
+        self._cache = (epoch, batches)
+        return batches
+
+    def _chunks(self, indices: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        k = self.num_instances
+        order = rng.permutation(indices)
+        if len(order) < k:
+            order = np.concatenate([order, rng.choice(indices, k - len(order), replace=True)])
+        elif remainder := len(order) % k:
+            # Complete the last chunk with images of this identity that it does not hold.
+            fill = rng.choice(order[:-remainder], k - remainder, replace=False)
+            order = np.concatenate([order, fill])
+        return list(order.reshape(-1, k))

@@ -1,0 +1,558 @@
+"""Exact ranking metrics for re-identification: CMC, mAP and mINP.
+
+Everything here is a pure function of a query-by-gallery distance matrix and the
+identity / camera labels; nothing is read or written.
+
+How the fast path works
+-----------------------
+CMC, AP (both conventions) and INP of a query depend only on the 1-based ranks
+``r_1 < r_2 < ... < r_n`` of its ``n`` correct matches in the filtered ranking:
+precision at the ``i``-th hit is ``i / r_i``, the first hit is at ``r_1`` and the
+last at ``r_n``. So no row is ever argsorted. For a chunk of queries we copy the
+non-junk columns, sort the *values* of each row (numpy's vectorised sort, several
+times faster than an argsort) and binary-search each correct match's distance in
+its sorted row to count the items in front of it. The few items of the query's
+own identity (its correct matches and its same-camera images) are ranked among
+themselves directly, which removes the same-camera images from the count without
+touching the rest of the row. Chunks run on a small thread pool; numpy releases
+the GIL in the copy and the sort, which dominate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+AP_CONVENTIONS = ("standard", "official")
+PROTOCOLS = ("market1501", "cuhk03")
+
+JUNK_PID = -1
+CUHK03_REPEATS = 10
+
+# Per-worker budget for the copied block of rows; a handful of these is the whole
+# extra memory of the fast path, far below the distance matrix itself.
+_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass
+class _PerQuery:
+    """Per-query statistics from which every metric is an average.
+
+    All arrays have shape (num_query,). ``num_pos == 0`` marks a skipped query; its
+    other entries are left at zero.
+    """
+
+    num_pos: np.ndarray  # int64, correct matches left after filtering
+    first_rank: np.ndarray  # int64, 1-based rank of the first correct match
+    last_rank: np.ndarray  # int64, 1-based rank of the last correct match
+    ap_standard: np.ndarray  # float64
+    ap_official: np.ndarray  # float64
+
+
+def evaluate_rank(
+    distmat: np.ndarray | torch.Tensor,
+    q_pids: np.ndarray | torch.Tensor,
+    g_pids: np.ndarray | torch.Tensor,
+    q_camids: np.ndarray | torch.Tensor,
+    g_camids: np.ndarray | torch.Tensor,
+    max_rank: int = 50,
+    ap: str = "standard",
+    protocol: str = "market1501",
+    *,
+    chunk_size: int | None = None,
+    num_workers: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, float, float]:
+    """Computes CMC, mAP and mINP of a ranking under the Market-1501 or CUHK03 protocol.
+
+    Filtering (both protocols): for each query, gallery items with pid -1 (junk)
+    and items with the query's pid *and* camera are removed from its ranking;
+    distractors (pid 0) stay and count as wrong matches. Correct matches are the
+    remaining items with the query's pid. A query left with no correct match is
+    skipped (the count is logged as a warning) and all averages are over the valid
+    queries.
+
+    Ties: the ranking is a stable sort by distance, so among equal distances the
+    item that comes first in the gallery ranks first. The result is exactly what
+    ``np.argsort(row, kind="stable")`` followed by filtering gives.
+
+    AP conventions, with ``r_i`` the 1-based rank of the ``i``-th of ``n`` hits:
+
+    - ``"standard"``: ``AP = (1/n) * sum_i i / r_i``, the mean precision at the hits.
+      This is what Bag-of-Tricks, FastReID and Torchreid report, and equals
+      scikit-learn's ``average_precision_score`` when there are no ties.
+    - ``"official"``: the official Market-1501 MATLAB code (``compute_AP.m``)
+      integrates the precision-recall curve with the trapezoid rule, so each hit
+      contributes the mean of the precision at its rank and at the rank before:
+      ``AP = (1/n) * sum_i (i / r_i + (i - 1) / (r_i - 1)) / 2``, with the second
+      term taken as 1 when ``r_i == 1``. It is never above the standard AP and
+      equals it only when no miss ranks above a hit; the gap is largest for
+      queries with few correct matches (one hit at rank 2: 0.25 vs 0.5).
+
+    mINP (Ye et al., "Deep Learning for Person Re-identification: A Survey and
+    Outlook"): per query ``INP = n / r_n``, the precision at the hardest match.
+
+    Protocol ``"cuhk03"``: single-gallery-shot CMC. After the same filtering, for
+    each of 10 repeats one gallery image is drawn at random per identity (the
+    query's own identity drawn among its correct matches; the generator is seeded
+    by ``seed``, so the result is deterministic), and the CMC of that subsampled
+    list, ties broken by gallery order as above, is averaged over repeats and
+    queries. Distractors (pid 0) are not one identity, so all of them are kept in
+    every repeat. mAP and mINP are computed on the full filtered list exactly as
+    for Market-1501. The CMC part loops over queries in Python: slower than the
+    Market-1501 path, but well under a second at CUHK03 size (1,400 x 5,332).
+
+    Args:
+        distmat: (num_query, num_gallery) distances, smaller = more similar. A
+            numpy array or a torch tensor on any device; CUDA tensors are copied to
+            the host one chunk of rows at a time. Must not contain NaN among the
+            non-junk columns.
+        q_pids: (num_query,) query identities.
+        g_pids: (num_gallery,) gallery identities; -1 = junk, 0 = distractor.
+        q_camids: (num_query,) query camera ids.
+        g_camids: (num_gallery,) gallery camera ids.
+        max_rank: length of the returned CMC curve. It may exceed the number of
+            gallery items; the curve simply stays at its last value.
+        ap: ``"standard"`` or ``"official"`` (see above).
+        protocol: ``"market1501"`` or ``"cuhk03"``.
+        chunk_size: queries processed at once per worker; by default chosen so that
+            each worker copies about 8 MiB of distances. Peak extra memory is about
+            ``num_workers * chunk_size * num_gallery * itemsize``, plus small
+            per-query arrays.
+        num_workers: threads for the chunks; defaults to the CPUs available to
+            this process.
+        seed: seed of the CUHK03 gallery subsampling; unused for Market-1501.
+
+    Returns:
+        ``(cmc, mAP, mINP)``: ``cmc`` is a float64 array of shape (max_rank,) with
+        ``cmc[k-1]`` the fraction of valid queries whose first correct match is in
+        the top ``k``; ``mAP`` and ``mINP`` are floats. All values lie in [0, 1].
+
+    Raises:
+        ValueError: on mismatched shapes, an unknown ``ap`` or ``protocol``, a
+            ``max_rank``, ``chunk_size`` or ``num_workers`` below 1, NaN distances,
+            or when no query has a correct match.
+    """
+    if ap not in AP_CONVENTIONS:
+        raise ValueError(f"unknown ap {ap!r}; valid: {', '.join(AP_CONVENTIONS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+    for name, value in (("chunk_size", chunk_size), ("num_workers", num_workers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {value}")
+    labels = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
+    q_pids_np, g_pids_np, q_cams_np, g_cams_np = labels
+
+    stats = _market_per_query(
+        distmat, q_pids_np, g_pids_np, q_cams_np, g_cams_np, chunk_size, num_workers
+    )
+    valid = stats.num_pos > 0
+    num_valid = int(valid.sum())
+    num_query = valid.size
+    if num_valid == 0:
+        raise ValueError(
+            f"no query has a correct match in the gallery (all {num_query} queries skipped): "
+            "check that query and gallery pids/camids belong to the same dataset split"
+        )
+    if num_valid < num_query:
+        logger.warning(
+            "%d of %d queries have no correct match in the gallery and were skipped",
+            num_query - num_valid,
+            num_query,
+        )
+
+    if protocol == "market1501":
+        first = stats.first_rank[valid]
+        # Bucket first-hit ranks; everything beyond max_rank shares the last bucket.
+        hist = np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)
+        cmc = np.cumsum(hist[:max_rank]) / num_valid
+    else:
+        cmc = _cuhk03_cmc(
+            distmat, q_pids_np, g_pids_np, q_cams_np, g_cams_np, valid, max_rank, seed
+        )
+
+    ap_per_query = stats.ap_standard if ap == "standard" else stats.ap_official
+    mean_ap = float(ap_per_query[valid].mean())
+    inp = stats.num_pos[valid] / stats.last_rank[valid]
+    return cmc.astype(np.float64), mean_ap, float(inp.mean())
+
+
+# ---------------------------------------------------------------------------
+# Input handling
+
+
+def _label_array(name: str, value: Any) -> np.ndarray:
+    """Returns ``value`` as a 1-D numpy array, raising ValueError naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+    return array
+
+
+def _check_inputs(
+    distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validates shapes and returns the four label arrays as numpy.
+
+    Returns:
+        ``(q_pids, g_pids, q_camids, g_camids)`` as 1-D numpy arrays of lengths
+        num_query, num_gallery, num_query, num_gallery.
+    """
+    if not isinstance(distmat, (np.ndarray, torch.Tensor)):
+        raise ValueError(
+            f"distmat must be a numpy array or torch tensor, got {type(distmat).__name__}"
+        )
+    if distmat.ndim != 2:
+        raise ValueError(
+            f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(distmat.shape)}"
+        )
+    if isinstance(distmat, torch.Tensor):
+        is_real = not (distmat.dtype == torch.bool or distmat.is_complex())
+    else:
+        is_real = np.issubdtype(distmat.dtype, np.integer) or np.issubdtype(
+            distmat.dtype, np.floating
+        )
+    if not is_real:
+        raise ValueError(f"distmat must hold real numbers, got dtype {distmat.dtype}")
+    num_query, num_gallery = (int(n) for n in distmat.shape)
+    if num_query == 0 or num_gallery == 0:
+        raise ValueError(f"distmat is empty: shape ({num_query}, {num_gallery})")
+
+    arrays = []
+    for name, value, expected in (
+        ("q_pids", q_pids, num_query),
+        ("g_pids", g_pids, num_gallery),
+        ("q_camids", q_camids, num_query),
+        ("g_camids", g_camids, num_gallery),
+    ):
+        array = _label_array(name, value)
+        if array.shape[0] != expected:
+            raise ValueError(
+                f"{name} has shape {tuple(array.shape)} but distmat has shape "
+                f"({num_query}, {num_gallery}): expected ({expected},)"
+            )
+        arrays.append(array)
+    q_p, g_p, q_c, g_c = arrays
+    return q_p, g_p, q_c, g_c
+
+
+def _rows(distmat: np.ndarray | torch.Tensor, start: int, stop: int) -> np.ndarray:
+    """Returns distmat[start:stop] as a float numpy array, copying only if needed.
+
+    Returns:
+        (stop - start, num_gallery) float32 or float64 array. Half precision is
+        widened to float32 (exact); integers become float64.
+    """
+    block = distmat[start:stop]
+    if isinstance(block, torch.Tensor):
+        block = block.detach()
+        if block.dtype in (torch.float16, torch.bfloat16):
+            block = block.float()
+        block = block.cpu().numpy()
+    if block.dtype == np.float16:
+        return block.astype(np.float32)
+    if not np.issubdtype(block.dtype, np.floating):
+        return block.astype(np.float64)
+    return block
+
+
+# ---------------------------------------------------------------------------
+# Market-1501 protocol: ranks of the correct matches without sorting indices
+
+
+@dataclass
+class _SamePid:
+    """Where each query's own identity sits in the gallery.
+
+    ``order`` (num_gallery,) lists gallery columns sorted by pid, ascending within a
+    pid; query ``q``'s same-pid columns are ``order[start[q] : start[q] + count[q]]``.
+    """
+
+    order: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+
+    def columns(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Same-pid columns of queries ``first:last``, padded to the widest row.
+
+        Returns:
+            ``(cols, count)``: (n, width) int64 columns in increasing gallery order,
+            padding slots set to 0, and (n,) the number of real slots per row.
+        """
+        start, count = self.start[first:last], self.count[first:last]
+        # Per chunk, so one query with a huge identity (e.g. a distractor query
+        # matching every pid-0 item) widens only its own chunk.
+        slot = np.arange(max(int(count.max()), 1))
+        positions = np.minimum(start[:, None] + slot, self.order.size - 1)
+        return np.where(slot < count[:, None], self.order[positions], 0), count
+
+
+def _same_pid_items(q_pids: np.ndarray, g_pids: np.ndarray) -> _SamePid:
+    """Indexes, per query, the gallery columns whose pid equals the query's pid."""
+    order = np.argsort(g_pids, kind="stable")  # stable: columns ascend within a pid
+    sorted_pids = g_pids[order]
+    start = np.searchsorted(sorted_pids, q_pids, side="left")
+    count = np.searchsorted(sorted_pids, q_pids, side="right") - start
+    # A junk query pid matches only junk gallery items, which are removed anyway.
+    count[q_pids == JUNK_PID] = 0
+    return _SamePid(order=order, start=start, count=count.astype(np.int64))
+
+
+def _count_below(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Counts the entries of ``sorted_rows[rows[i]]`` strictly smaller than ``values[i]``.
+
+    A branch-free binary search run on all lookups at once (numpy's searchsorted
+    handles one row per call).
+
+    Args:
+        sorted_rows: (n, m) C-contiguous array, each row ascending.
+        rows: (k,) row of each lookup.
+        values: (k,) values to look up.
+
+    Returns:
+        (k,) int64 counts in [0, m].
+    """
+    n_cols = sorted_rows.shape[1]
+    flat = sorted_rows.reshape(-1)
+    row_base = rows.astype(np.int64) * n_cols - 1  # flat index of "entry count - 1"
+    count = np.zeros(values.shape, dtype=np.int64)
+    step = 1 << (n_cols.bit_length() - 1)
+    while step:
+        candidate = np.minimum(count + step, n_cols)
+        count = np.where(flat[row_base + candidate] < values, candidate, count)
+        step >>= 1
+    return count
+
+
+def _chunk_stats(
+    block: np.ndarray,
+    keep_cols: np.ndarray | None,
+    same_cols: np.ndarray,
+    same_count: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    g_nonjunk: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """Per-query statistics for one block of queries.
+
+    Args:
+        block: (n, num_gallery) distances of the block's queries.
+        keep_cols: non-junk gallery columns, or None when there is no junk.
+        same_cols: (n, width) gallery columns of each query's pid, ascending,
+            padded (see :meth:`_SamePid.columns`).
+        same_count: (n,) number of real entries in each row of ``same_cols``.
+        q_cams: (n,) camera ids of the block's queries.
+        g_cams: (num_gallery,) gallery camera ids.
+        g_nonjunk: (num_gallery,) bool, False for junk gallery items.
+
+    Returns:
+        ``(num_pos, first_rank, last_rank, ap_standard, ap_official)``, each (n,).
+    """
+    n, width = same_cols.shape
+    in_group = np.arange(width) < same_count[:, None]
+    values = np.take_along_axis(block, same_cols, axis=1)
+    # Padding slots sort last: +inf, and the stable sort keeps them after real +inf.
+    values = np.where(in_group, values, np.inf)
+
+    # Rank the same-pid items among themselves by (distance, gallery column); the
+    # columns already ascend along each row, so a stable sort on distance does it.
+    order = np.argsort(values, axis=1, kind="stable")
+    values = np.take_along_axis(values, order, axis=1)
+    cols = np.take_along_axis(same_cols, order, axis=1)
+    in_group = np.take_along_axis(in_group, order, axis=1)
+    same_cam = g_cams[cols] == q_cams[:, None]
+    is_pos = in_group & ~same_cam
+    is_removed = in_group & same_cam
+    removed_before = np.cumsum(is_removed, axis=1) - is_removed
+    hit_index = np.cumsum(is_pos, axis=1)
+
+    sorted_rows = block.take(keep_cols, axis=1) if keep_cols is not None else block.copy()
+    sorted_rows.sort(axis=1)
+    # numpy sorts NaN last, so checking the last column finds any NaN in a row.
+    if np.isnan(sorted_rows[:, -1]).any():
+        raise ValueError("distmat contains NaN among non-junk gallery items")
+
+    # From here on only the correct matches matter: flat arrays, one entry per match,
+    # in row-major order, so each query's matches come in ranking order.
+    pos_rows, pos_slots = np.nonzero(is_pos)
+    pos_values = values[pos_rows, pos_slots]
+    below = _count_below(sorted_rows, pos_rows, pos_values)
+    # A tie needs a second item equal to the match's own distance; only then does
+    # gallery order matter. Ties are rare with real features, so a direct scan of
+    # the row prefix is enough (heavily quantised distances cost ~1.5x overall).
+    n_kept = sorted_rows.shape[1]
+    after = sorted_rows.reshape(-1)[pos_rows * n_kept + np.minimum(below + 1, n_kept - 1)]
+    tied = (below + 1 < n_kept) & (after == pos_values)
+    for i in np.flatnonzero(tied):
+        row, col = pos_rows[i], cols[pos_rows[i], pos_slots[i]]
+        equal_before = block[row, :col] == pos_values[i]
+        if keep_cols is not None:
+            equal_before &= g_nonjunk[:col]
+        below[i] += np.count_nonzero(equal_before)
+
+    # Items in front that are the query's own same-camera images do not count.
+    rank = (1 + below - removed_before[pos_rows, pos_slots]).astype(np.float64)
+    hits = hit_index[pos_rows, pos_slots].astype(np.float64)
+    num_pos = hit_index[:, -1]
+    precision = hits / rank
+    # Precision one position before the hit; the official code starts it at 1.
+    precision_before = np.where(rank > 1, (hits - 1) / np.maximum(rank - 1, 1), 1.0)
+    denom = np.maximum(num_pos, 1)
+    ap_standard = np.bincount(pos_rows, weights=precision, minlength=n) / denom
+    trapezoid = (precision + precision_before) / 2
+    ap_official = np.bincount(pos_rows, weights=trapezoid, minlength=n) / denom
+    first_rank = np.zeros(n, dtype=np.int64)
+    last_rank = np.zeros(n, dtype=np.int64)
+    is_first = hits == 1
+    first_rank[pos_rows[is_first]] = rank[is_first]
+    is_last = hits == num_pos[pos_rows]
+    last_rank[pos_rows[is_last]] = rank[is_last]
+    return num_pos, first_rank, last_rank, ap_standard, ap_official
+
+
+def _market_per_query(
+    distmat: np.ndarray | torch.Tensor,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    chunk_size: int | None,
+    num_workers: int | None,
+) -> _PerQuery:
+    """Runs :func:`_chunk_stats` over chunks of queries on a thread pool."""
+    num_query, num_gallery = (int(n) for n in distmat.shape)
+    g_nonjunk = g_pids != JUNK_PID
+    keep_cols = None if g_nonjunk.all() else np.flatnonzero(g_nonjunk)
+    n_kept = num_gallery if keep_cols is None else keep_cols.size
+
+    num_pos = np.zeros(num_query, dtype=np.int64)
+    first_rank = np.zeros(num_query, dtype=np.int64)
+    last_rank = np.zeros(num_query, dtype=np.int64)
+    ap_standard = np.zeros(num_query, dtype=np.float64)
+    ap_official = np.zeros(num_query, dtype=np.float64)
+    if n_kept == 0:
+        return _PerQuery(num_pos, first_rank, last_rank, ap_standard, ap_official)
+
+    same = _same_pid_items(q_pids, g_pids)
+    if chunk_size is None:
+        itemsize = 8 if _is_double(distmat) else 4
+        chunk_size = max(1, _CHUNK_BYTES // (n_kept * itemsize))
+    if num_workers is None:
+        num_workers = _available_cpus()
+    starts = range(0, num_query, chunk_size)
+
+    def work(start: int) -> None:
+        stop = min(start + chunk_size, num_query)
+        same_cols, same_count = same.columns(start, stop)
+        stats = _chunk_stats(
+            _rows(distmat, start, stop),
+            keep_cols,
+            same_cols,
+            same_count,
+            q_cams[start:stop],
+            g_cams,
+            g_nonjunk,
+        )
+        for out, value in zip(
+            (num_pos, first_rank, last_rank, ap_standard, ap_official), stats, strict=True
+        ):
+            out[start:stop] = value
+
+    if num_workers <= 1 or len(starts) == 1:
+        for start in starts:
+            work(start)
+    else:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            # list() re-raises the first worker exception here.
+            list(pool.map(work, starts))
+    return _PerQuery(num_pos, first_rank, last_rank, ap_standard, ap_official)
+
+
+def _is_double(distmat: np.ndarray | torch.Tensor) -> bool:
+    """Whether the per-chunk copies of ``distmat`` will be 8 bytes per element."""
+    if isinstance(distmat, torch.Tensor):
+        return not distmat.is_floating_point() or distmat.dtype == torch.float64
+    return not np.issubdtype(distmat.dtype, np.floating) or distmat.dtype.itemsize > 4
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (honours affinity masks, e.g. in containers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------
+# CUHK03 protocol: single-gallery-shot CMC
+
+
+def _cuhk03_cmc(
+    distmat: np.ndarray | torch.Tensor,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    valid: np.ndarray,
+    max_rank: int,
+    seed: int,
+) -> np.ndarray:
+    """Single-gallery-shot CMC averaged over :data:`CUHK03_REPEATS` draws.
+
+    Each draw keeps one random image per gallery identity (the query's own identity
+    included, drawn among its correct matches) and every distractor. The rank of the
+    drawn match is one plus the number of kept items that precede it in the stable
+    ranking, i.e. that have a smaller (distance, gallery index) pair; so no row needs
+    sorting.
+
+    Args:
+        distmat: (num_query, num_gallery) distances.
+        q_pids, q_cams: (num_query,) query labels.
+        g_pids, g_cams: (num_gallery,) gallery labels.
+        valid: (num_query,) bool, queries with at least one correct match.
+        max_rank: length of the curve.
+        seed: seed of the subsampling generator.
+
+    Returns:
+        (max_rank,) float64 CMC over the valid queries.
+    """
+    rng = np.random.default_rng(seed)
+    # Gallery identities as contiguous runs of columns, built once for all queries.
+    is_identity = (g_pids != JUNK_PID) & (g_pids != 0)
+    identity_cols = np.flatnonzero(is_identity)
+    identity_cols = identity_cols[np.argsort(g_pids[identity_cols], kind="stable")]
+    identities, starts, sizes = np.unique(
+        g_pids[identity_cols], return_index=True, return_counts=True
+    )
+    distractor_cols = np.flatnonzero(g_pids == 0)
+
+    cmc_sum = np.zeros(max_rank, dtype=np.float64)
+    for q in np.flatnonzero(valid):
+        row = _rows(distmat, int(q), int(q) + 1)[0]
+        same_pid = g_pids == q_pids[q]
+        match_cols = np.flatnonzero(same_pid & (g_cams != q_cams[q]))
+        others = identities != q_pids[q]
+        # (repeats, groups): the column drawn for every other identity.
+        picks = rng.integers(0, sizes[others], size=(CUHK03_REPEATS, int(others.sum())))
+        drawn_cols = identity_cols[starts[others] + picks]
+        if q_pids[q] != 0:  # a distractor query's matches are the distractors
+            kept = np.tile(distractor_cols, (CUHK03_REPEATS, 1))
+            drawn_cols = np.concatenate([drawn_cols, kept], axis=1)
+        match = match_cols[rng.integers(0, match_cols.size, size=(CUHK03_REPEATS, 1))]
+        drawn_dist, match_dist = row[drawn_cols], row[match]
+        in_front = (drawn_dist < match_dist) | ((drawn_dist == match_dist) & (drawn_cols < match))
+        first_hit = np.count_nonzero(in_front, axis=1)  # 0-based rank of the drawn match
+        counts = np.bincount(np.minimum(first_hit, max_rank), minlength=max_rank + 1)
+        cmc_sum += np.cumsum(counts[:max_rank])
+    return cmc_sum / (CUHK03_REPEATS * int(valid.sum()))

@@ -1,0 +1,101 @@
+"""Optimizers with parameter groups, and warmup learning-rate schedules."""
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from yacs.config import CfgNode
+
+
+def make_optimizer(
+    params: list[tuple[str, nn.Parameter]],
+    name: str = "adam",
+    lr: float = 3.5e-4,
+    weight_decay: float = 5e-4,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: float = 5e-4,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """Adam or SGD with one group for weights and one for biases (Bag-of-Tricks).
+
+    Args:
+        params: ``(name, parameter)`` pairs, e.g. ``model.named_parameters()``;
+            frozen parameters (the BNNeck bias) are left out.
+        name: ``"adam"`` or ``"sgd"``.
+        bias_lr_factor: bias learning rate = ``lr * bias_lr_factor``.
+        weight_decay_bias: weight decay of biases.
+    """
+    weights = [p for n, p in params if p.requires_grad and not n.endswith("bias")]
+    biases = [p for n, p in params if p.requires_grad and n.endswith("bias")]
+    groups = [
+        {"params": weights, "lr": lr, "weight_decay": weight_decay},
+        {"params": biases, "lr": lr * bias_lr_factor, "weight_decay": weight_decay_bias},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def warmup_factor(
+    epoch: int,
+    warmup_epochs: int,
+    warmup_start: float,
+    scheduler: str,
+    steps: Sequence[int] = (),
+    gamma: float = 0.1,
+    max_epochs: int = 1,
+) -> float:
+    """Learning-rate multiplier at ``epoch`` (0-based), stepped once per epoch.
+
+    Warmup rises linearly from ``warmup_start`` to 1 over ``warmup_epochs``; then
+    ``"multistep"`` multiplies by ``gamma`` at each epoch in ``steps``, and
+    ``"cosine"`` decays to 0 over the epochs after warmup.
+    """
+    if epoch < warmup_epochs:
+        return warmup_start + (1 - warmup_start) * epoch / warmup_epochs
+    if scheduler == "cosine":
+        span = max(max_epochs - warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+    return gamma ** sum(epoch >= step for step in steps)
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """The model's optimizer from ``SOLVER.*``."""
+    solver = cfg.SOLVER
+    return make_optimizer(
+        list(model.named_parameters()),
+        name=solver.OPTIMIZER,
+        lr=solver.BASE_LR,
+        weight_decay=solver.WEIGHT_DECAY,
+        bias_lr_factor=solver.BIAS_LR_FACTOR,
+        weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+        momentum=solver.MOMENTUM,
+    )
+
+
+def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LambdaLR:
+    """Per-epoch warmup + multistep / cosine schedule: call ``step()`` after each epoch."""
+    solver = cfg.SOLVER
+
+    def factor(epoch: int) -> float:
+        return warmup_factor(
+            epoch,
+            warmup_epochs=solver.WARMUP_EPOCHS,
+            warmup_start=solver.WARMUP_FACTOR,
+            scheduler=solver.SCHEDULER,
+            steps=solver.STEPS,
+            gamma=solver.GAMMA,
+            max_epochs=solver.MAX_EPOCHS,
+        )
+
+    return LambdaLR(optimizer, factor)
+
+
+def build_loss_optimizer(cfg: CfgNode, loss_fn: nn.Module) -> torch.optim.Optimizer | None:
+    """Plain SGD at ``SOLVER.CENTER_LR`` for the loss's own parameters (center-loss
+    centers, Bag-of-Tricks); None when the loss has none."""
+    params = list(loss_fn.parameters())
+    return torch.optim.SGD(params, lr=cfg.SOLVER.CENTER_LR) if params else None

@@ -1,0 +1,228 @@
+"""Backbones (every registered one), BNNeck head, model builder, pretrained loading."""
+
+import logging
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from yacs.config import CfgNode
+
+from reid.errors import ReidError, UnknownNameError
+from reid.models import BACKBONES, BNNeckHead, ReidModel, build_model, load_pretrained
+from reid.models.heads import POOLINGS, GeneralizedMeanPooling
+
+# Small images keep the 101/152-layer nets cheap on CPU.
+HEIGHT, WIDTH = 64, 32
+
+
+def _cfg(**model) -> CfgNode:
+    """The model keys of reid.config.defaults, with their default values."""
+    cfg = CfgNode(
+        {
+            "MODEL": {
+                "BACKBONE": "resnet18",
+                "LAST_STRIDE": 1,
+                "PRETRAINED": False,
+                "PRETRAIN_PATH": "",
+                "POOLING": "avg",
+                "BNNECK": True,
+            },
+            "TEST": {"NECK_FEAT": "after", "FEAT_NORM": True},
+        }
+    )
+    cfg.MODEL.update(model)
+    return cfg
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_output_shape(name):
+    images = torch.randn(1, 3, HEIGHT, WIDTH)
+    for last_stride, reduction in ((1, 16), (2, 32)):
+        backbone = BACKBONES.get(name)(last_stride=last_stride).eval()
+        assert isinstance(backbone.out_channels, int)
+        with torch.no_grad():
+            fmap = backbone(images)
+        assert fmap.shape == (1, backbone.out_channels, HEIGHT // reduction, WIDTH // reduction)
+
+
+def test_bad_last_stride():
+    with pytest.raises(ReidError, match="last_stride"):
+        BACKBONES.get("resnet18")(last_stride=3)
+
+
+def test_unknown_backbone_lists_names():
+    with pytest.raises(UnknownNameError, match="available: .*resnet50"):
+        build_model(_cfg(BACKBONE="rn50"), num_classes=3)
+
+
+def test_ibn_a_layout_and_keys():
+    backbone = BACKBONES.get("resnet50_ibn_a")()
+    for stage in (backbone.layer1, backbone.layer2, backbone.layer3):
+        for block in stage:
+            assert isinstance(block.bn1.IN, nn.InstanceNorm2d) and block.bn1.IN.affine
+            assert isinstance(block.bn1.BN, nn.BatchNorm2d)
+            half = block.conv1.out_channels // 2
+            assert block.bn1.IN.num_features == half
+            assert block.bn1.BN.num_features == block.conv1.out_channels - half
+    for block in backbone.layer4:
+        assert type(block.bn1) is nn.BatchNorm2d
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in backbone.layer4.modules())
+
+    ibn_keys = set(backbone.state_dict())
+    tv_keys = {k for k in torchvision.models.resnet50().state_dict() if not k.startswith("fc.")}
+    replaced = {k for k in tv_keys if k not in ibn_keys}
+    assert replaced and all(k.split(".")[2] == "bn1" and k[:6] != "layer4" for k in replaced)
+    assert "layer1.0.bn1.IN.weight" in ibn_keys and "layer3.5.bn1.BN.running_var" in ibn_keys
+
+
+def test_head_init():
+    head = BNNeckHead(16, 5)
+    assert head.neck.bias.requires_grad is False
+    assert torch.all(head.neck.weight == 1) and torch.all(head.neck.bias == 0)
+    assert head.classifier.bias is None
+    assert head.classifier.weight.std().item() == pytest.approx(0.001, rel=0.2)
+    assert isinstance(BNNeckHead(16, 5, bnneck=False).neck, nn.Identity)
+
+
+def test_model_train_and_eval_outputs():
+    model = build_model(_cfg(), num_classes=7)
+    assert model.feat_dim == 512
+    images = torch.randn(2, 3, HEIGHT, WIDTH)
+    out = model.train()(images)
+    assert set(out) == {"logits", "feat"}
+    assert out["logits"].shape == (2, 7) and out["feat"].shape == (2, 512)
+    features = model.eval()(images)
+    assert features.shape == (2, 512)
+    assert torch.allclose(features.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("neck_feat", ["before", "after"])
+@pytest.mark.parametrize("bnneck", [True, False])
+def test_neck_feat_and_feat_norm(neck_feat, bnneck):
+    torch.manual_seed(0)
+    backbone = BACKBONES.get("resnet18")()
+    head = BNNeckHead(backbone.out_channels, 4, bnneck=bnneck)
+    if bnneck:
+        # Non-trivial running statistics so "before" and "after" differ.
+        head.neck.running_mean.uniform_(0.5, 1.0)
+        head.neck.running_var.uniform_(2.0, 3.0)
+    images = torch.randn(2, 3, HEIGHT, WIDTH)
+    raw = ReidModel(backbone, head, neck_feat=neck_feat, feat_norm=False).eval()
+    normed = ReidModel(backbone, head, neck_feat=neck_feat, feat_norm=True).eval()
+    with torch.no_grad():
+        feat, after = head.eval().embed(backbone.eval()(images))
+        expected = after if neck_feat == "after" else feat
+        assert torch.allclose(raw(images), expected)
+        assert torch.allclose(normed(images), expected / expected.norm(dim=1, keepdim=True))
+        assert torch.allclose(normed(images).norm(dim=1), torch.ones(2), atol=1e-5)
+    if bnneck:
+        assert not torch.allclose(feat, after)
+
+
+def test_bad_neck_feat():
+    with pytest.raises(ReidError, match="neck_feat"):
+        build_model(CfgNode({**_cfg(), "TEST": {"NECK_FEAT": "middle", "FEAT_NORM": True}}), 3)
+
+
+def test_training_feat_is_pre_bnneck():
+    model = build_model(_cfg(), num_classes=3).train()
+    images = torch.randn(4, 3, HEIGHT, WIDTH)
+    out = model(images)
+    pooled = model.backbone(images).mean(dim=(2, 3))
+    assert torch.allclose(out["feat"], pooled, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS.names())
+def test_poolings(pooling):
+    fmap = torch.rand(2, 6, 4, 3) + 0.1
+    pooled = POOLINGS.get(pooling)()(fmap)
+    assert pooled.shape == (2, 6)
+    if pooling == "max":
+        assert torch.allclose(pooled, fmap.amax(dim=(2, 3)))
+
+
+def test_gem_p1_is_average_and_p_learnable():
+    fmap = torch.rand(2, 6, 4, 3) + 0.1
+    gem = GeneralizedMeanPooling(p=1.0)
+    assert torch.allclose(gem(fmap), fmap.mean(dim=(2, 3)), atol=1e-6)
+    gem3 = POOLINGS.get("gem")()
+    assert gem3.p.requires_grad and gem3.p.item() == 3.0
+    assert torch.all(gem3(fmap) >= fmap.mean(dim=(2, 3)) - 1e-6)  # power mean inequality
+
+
+def _torchvision_resnet18_state() -> dict:
+    torch.manual_seed(1)
+    return torchvision.models.resnet18().state_dict()
+
+
+def test_load_pretrained_copies_and_reports(tmp_path, caplog):
+    state = _torchvision_resnet18_state()
+    state["layer1.0.conv1.weight"] = torch.randn(64, 64, 1, 1)  # wrong shape
+    state["extra.weight"] = torch.randn(3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+
+    torch.manual_seed(2)
+    backbone = BACKBONES.get("resnet18")()
+    before = backbone.layer1[0].conv1.weight.detach().clone()
+    with caplog.at_level(logging.INFO, logger="reid.models.pretrained"):
+        load_pretrained(backbone, path, name="resnet18")
+    loaded = backbone.state_dict()
+    for key, tensor in state.items():
+        if key in loaded and key != "layer1.0.conv1.weight":
+            assert torch.equal(loaded[key], tensor), key
+    assert torch.equal(backbone.layer1[0].conv1.weight, before)  # skipped, not crashed
+    text = caplog.text
+    assert "1 shape-mismatched" in text and "layer1.0.conv1.weight" in text
+    assert "1 unexpected" in text and "extra.weight" in text
+    assert "1 missing" in text  # the mismatched tensor stays as initialised
+    assert "fc.weight" not in text  # the ImageNet classifier is ignored silently
+
+
+def test_load_pretrained_from_reid_checkpoint(tmp_path):
+    source = build_model(_cfg(), num_classes=3)
+    path = tmp_path / "checkpoint.pth"
+    optimizer = torch.optim.Adam(source.parameters())
+    source(torch.randn(2, 3, HEIGHT, WIDTH))["logits"].sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.1)
+    # What the trainer saves: loading it must not need unpickling arbitrary objects.
+    checkpoint = {
+        "model": source.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": 5,
+        "config": "MODEL:\n  BACKBONE: resnet18\n",
+    }
+    torch.save(checkpoint, path)
+    target = BACKBONES.get("resnet18")()
+    load_pretrained(target, path)
+    for key, tensor in target.state_dict().items():
+        assert torch.equal(tensor, source.backbone.state_dict()[key])
+
+
+def test_load_pretrained_errors(tmp_path):
+    with pytest.raises(ReidError, match="not found: .*nothing.pth"):
+        load_pretrained(nn.Linear(2, 2), tmp_path / "nothing.pth")
+    path = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(3)}, path)
+    with pytest.raises(ReidError, match="no parameter of .*other.pth matches backbone resnet18"):
+        load_pretrained(BACKBONES.get("resnet18")(), path, name="resnet18")
+
+
+def test_build_model_pretrained(tmp_path, monkeypatch):
+    path = tmp_path / "weights.pth"
+    torch.save(_torchvision_resnet18_state(), path)
+    model = build_model(_cfg(PRETRAINED=True, PRETRAIN_PATH=str(path)), num_classes=3)
+    expected = _torchvision_resnet18_state()["conv1.weight"]
+    assert torch.equal(model.backbone.conv1.weight, expected)
+
+    # Without a path, only torch's local hub cache is searched.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(ReidError, match="MODEL.PRETRAIN_PATH.*resnet18-f37072fd.pth"):
+        build_model(_cfg(PRETRAINED=True), num_classes=3)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(_torchvision_resnet18_state(), tmp_path / "hub" / "checkpoints" / "resnet18-x.pth")
+    model = build_model(_cfg(PRETRAINED=True), num_classes=3)
+    assert torch.equal(model.backbone.conv1.weight, expected)

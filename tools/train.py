@@ -1,0 +1,62 @@
+"""Train a ReID model: python tools/train.py --config FILE [KEY VALUE ...]"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from reid.config import load_cfg
+from reid.data import build_dataset, build_test_loader, build_train_loader
+from reid.engine.trainer import Trainer
+from reid.evaluation.evaluator import evaluate_model
+from reid.evaluation.report import format_results, write_metrics
+from reid.losses import build_loss
+from reid.models import build_model
+from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
+from reid.utils.cli import run_cli
+from reid.utils.env import resolve_device, seed_everything
+from reid.utils.logging import setup_logging
+
+logger = logging.getLogger("reid.train")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML file of keys that differ")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    args = parser.parse_args()
+
+    cfg = load_cfg(args.config, args.opts)
+    setup_logging(cfg.OUTPUT_DIR)
+    (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
+    seed_everything(cfg.SEED)
+    device = resolve_device(cfg.MODEL.DEVICE)
+
+    dataset = build_dataset(cfg)
+    train_loader = build_train_loader(cfg, dataset)
+    test_loader, num_query = build_test_loader(cfg, dataset)
+    num_classes = dataset.num_train_pids
+    model = build_model(cfg, num_classes=num_classes).to(device)
+    loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
+    optimizer = build_optimizer(cfg, model)
+    trainer = Trainer(
+        model,
+        loss_fn,
+        optimizer,
+        build_scheduler(cfg, optimizer),
+        train_loader,
+        device=device,
+        max_epochs=cfg.SOLVER.MAX_EPOCHS,
+        output_dir=cfg.OUTPUT_DIR,
+        evaluate=lambda: evaluate_model(model, test_loader, num_query, device),
+        eval_period=cfg.TEST.EVAL_PERIOD,
+        loss_optimizer=build_loss_optimizer(cfg, loss_fn),
+        extra_state={"config": cfg.dump()},
+    )
+    metrics = trainer.train()
+    write_metrics(Path(cfg.OUTPUT_DIR) / "metrics.json", metrics)
+    print(format_results(metrics))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
