@@ -40,7 +40,7 @@ def make_optimizer(
 
 
 def warmup_factor(
-    epoch: int,
+    epoch: float,
     warmup_epochs: int,
     warmup_start: float,
     scheduler: str,
@@ -48,10 +48,10 @@ def warmup_factor(
     gamma: float = 0.1,
     max_epochs: int = 1,
 ) -> float:
-    """Learning-rate multiplier at ``epoch`` (0-based), stepped once per epoch.
+    """Learning-rate multiplier at a fractional ``epoch`` (0-based, iterations / epoch size).
 
     Warmup rises linearly from ``warmup_start`` to 1 over ``warmup_epochs``; then
-    ``"multistep"`` multiplies by ``gamma`` at each epoch in ``steps``, and
+    ``"multistep"`` multiplies by ``gamma`` from each epoch in ``steps`` on, and
     ``"cosine"`` decays to 0 over the epochs after warmup.
     """
     if epoch < warmup_epochs:
@@ -76,13 +76,19 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LambdaLR:
-    """Per-epoch warmup + multistep / cosine schedule: call ``step()`` after each epoch."""
+def build_scheduler(
+    cfg: CfgNode, optimizer: torch.optim.Optimizer, iters_per_epoch: int
+) -> LambdaLR:
+    """Warmup + multistep / cosine schedule, stepped after every iteration.
+
+    Stepping per iteration makes the warmup a smooth ramp (short runs need that);
+    the multistep decays still fall exactly on the epochs in ``SOLVER.STEPS``.
+    """
     solver = cfg.SOLVER
 
-    def factor(epoch: int) -> float:
+    def factor(iteration: int) -> float:
         return warmup_factor(
-            epoch,
+            iteration / iters_per_epoch,
             warmup_epochs=solver.WARMUP_EPOCHS,
             warmup_start=solver.WARMUP_FACTOR,
             scheduler=solver.SCHEDULER,

@@ -8,7 +8,7 @@ from pathlib import Path
 from reid.config import load_cfg
 from reid.data import build_dataset, build_test_loader, build_train_loader
 from reid.engine.trainer import Trainer
-from reid.evaluation.evaluator import evaluate_model
+from reid.evaluation import evaluate_model
 from reid.evaluation.report import format_results, write_metrics
 from reid.losses import build_loss
 from reid.models import build_model
@@ -43,7 +43,7 @@ def main() -> None:
         model,
         loss_fn,
         optimizer,
-        build_scheduler(cfg, optimizer),
+        build_scheduler(cfg, optimizer, len(train_loader)),
         train_loader,
         device=device,
         max_epochs=cfg.SOLVER.MAX_EPOCHS,

@@ -59,3 +59,11 @@ def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor], sourc
     if problems:
         raise ReidError(f"{source} does not fit this model: {'; '.join(problems)}")
     model.load_state_dict(weights)
+
+
+def checkpoint_num_classes(weights: dict[str, torch.Tensor], source: str) -> int:
+    """Number of training identities of a checkpoint: rows of its classifier weight."""
+    rows = [v.shape[0] for k, v in weights.items() if k.endswith("classifier.weight")]
+    if len(rows) != 1:
+        raise ReidError(f"{source} holds no classifier weight; is it a reid checkpoint?")
+    return rows[0]

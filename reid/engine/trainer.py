@@ -23,7 +23,7 @@ class Trainer:
         model: returns ``{"logits": (B, C), "feat": (B, D)}`` in train mode.
         loss_fn: maps ``(outputs, pids)`` to a dict of named terms plus ``"total"``.
         optimizer: steps the model's parameters.
-        scheduler: stepped once after each epoch.
+        scheduler: stepped after every iteration.
         train_loader: yields ``(images, pids, camids)`` in PK batches; its batch
             sampler's ``set_epoch`` fixes each epoch's order.
         device: where the model lives.
@@ -96,7 +96,6 @@ class Trainer:
         metrics: dict[str, float] = {}
         for epoch in range(self.start_epoch, self.max_epochs):
             self.history.append(self.train_one_epoch(epoch))
-            self.scheduler.step()
             last = epoch + 1 == self.max_epochs
             if self.evaluate is not None and ((epoch + 1) % self.eval_period == 0 or last):
                 metrics = self.evaluate()
@@ -113,13 +112,14 @@ class Trainer:
         """
         self.model.train()
         self.train_loader.batch_sampler.set_epoch(epoch)
-        lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", leave=False)
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         for step, (images, pids, _) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
+            lr = self.optimizer.param_groups[0]["lr"]
             values = self.run_step(images, pids.to(self.device, non_blocking=True))
+            self.scheduler.step()
             seen += len(images)
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value

@@ -67,7 +67,7 @@ class ReidModel(nn.Module):
         return F.normalize(out, dim=1) if self.feat_norm else out
 
 
-def build_model(cfg: CfgNode, num_classes: int) -> ReidModel:
+def build_model(cfg: CfgNode, num_classes: int, load_pretrained_weights: bool = True) -> ReidModel:
     """Builds the model described by ``cfg.MODEL`` and ``cfg.TEST``.
 
     Reads ``MODEL.BACKBONE``, ``MODEL.LAST_STRIDE``, ``MODEL.POOLING``, ``MODEL.BNNECK``,
@@ -76,6 +76,8 @@ def build_model(cfg: CfgNode, num_classes: int) -> ReidModel:
     Args:
         cfg: the config tree.
         num_classes: training identities (from the dataset, not the config).
+        load_pretrained_weights: False skips ``MODEL.PRETRAINED`` when a checkpoint
+            will overwrite every weight anyway (evaluation).
 
     Returns:
         The model, in training mode.
@@ -86,10 +88,10 @@ def build_model(cfg: CfgNode, num_classes: int) -> ReidModel:
     """
     name = cfg.MODEL.BACKBONE
     backbone = BACKBONES.get(name)(last_stride=cfg.MODEL.LAST_STRIDE)
-    if cfg.MODEL.PRETRAINED:
+    if cfg.MODEL.PRETRAINED and load_pretrained_weights:
         path = cfg.MODEL.PRETRAIN_PATH or find_cached_weights(name)
         load_pretrained(backbone, path, name=name)
-    elif cfg.MODEL.PRETRAIN_PATH:
+    elif cfg.MODEL.PRETRAIN_PATH and not cfg.MODEL.PRETRAINED:
         logger.warning(
             "MODEL.PRETRAIN_PATH=%s is ignored because MODEL.PRETRAINED is False",
             cfg.MODEL.PRETRAIN_PATH,
