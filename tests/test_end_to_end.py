@@ -19,6 +19,11 @@ TINY = [
 ]  # fmt: skip
 
 
+def _tiny(tmp: Path, output_dir: Path) -> list[str]:
+    """Overrides for a tiny run with data under ``tmp/data``."""
+    return [*TINY, "DATASETS.ROOT", str(tmp / "data"), "OUTPUT_DIR", str(output_dir)]
+
+
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "tools" / tool), *args],
@@ -30,8 +35,7 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("e2e")
     out = tmp / "run"
-    opts = [*TINY, "DATASETS.ROOT", str(tmp / "data"), "OUTPUT_DIR", str(out),
-            "SOLVER.MAX_EPOCHS", "3", "TEST.EVAL_PERIOD", "2"]  # fmt: skip
+    opts = [*_tiny(tmp, out), "SOLVER.MAX_EPOCHS", "3", "TEST.EVAL_PERIOD", "2"]
     result = _run("train.py", "--config", "configs/demo.yml", *opts)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rank1" in result.stdout and "mAP" in result.stdout
@@ -53,8 +57,8 @@ def test_training_writes_metrics_checkpoints_and_config(trained: Path) -> None:
 
 
 def test_evaluating_the_best_checkpoint(trained: Path) -> None:
-    opts = [*TINY, "DATASETS.ROOT", str(trained.parent / "data"),
-            "OUTPUT_DIR", str(trained / "test"), "TEST.WEIGHT", str(trained / "best.pth")]  # fmt: skip
+    weight = str(trained / "best.pth")
+    opts = [*_tiny(trained.parent, trained / "test"), "TEST.WEIGHT", weight]
     result = _run("test.py", "--config", "configs/demo.yml", *opts)
     assert result.returncode == 0, result.stderr[-2000:]
     tested = json.loads((trained / "test" / "metrics.json").read_text())
@@ -78,9 +82,9 @@ def test_bad_input_is_one_line_and_nonzero_exit(args: list[str], message: str) -
 
 
 def test_checkpoint_of_another_model_is_one_line(trained: Path) -> None:
-    opts = [*TINY, "DATASETS.ROOT", str(trained.parent / "data"), "MODEL.BACKBONE", "resnet34",
-            "OUTPUT_DIR", str(trained / "bad"), "TEST.WEIGHT", str(trained / "best.pth")]  # fmt: skip
-    result = _run("test.py", "--config", "configs/demo.yml", *opts)
+    weight = str(trained / "best.pth")
+    opts = [*_tiny(trained.parent, trained / "bad"), "TEST.WEIGHT", weight]
+    result = _run("test.py", "--config", "configs/demo.yml", *opts, "MODEL.BACKBONE", "resnet34")
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and "does not fit this model" in last_line
