@@ -10,7 +10,8 @@ output size and box-downscaled, which antialiases them cheaply.
 
 Every identity (and every batch of distractors or junk) draws from its own
 ``numpy.random.default_rng((seed, stream, index))``, so a seed gives the same
-bytes whatever the number of worker processes.
+bytes whatever the number of worker processes (for given numpy and Pillow versions,
+which the manifest records).
 """
 
 import bisect
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
@@ -633,7 +635,8 @@ def _plan_tasks(
         _Task(_IDENTITY, pid, test=pid > num_train, **common)
         for pid in range(1, num_identities + 1)
     ]
-    # As in Market-1501, about one gallery image in six is a distractor; junk comes on top.
+    # Distractors make about one gallery image in seven, as in Market-1501; junk crops are
+    # fewer than Market's, since evaluation drops them anyway.
     num_test = num_identities - num_train
     for kind, total in ((_DISTRACTOR, 2 * num_test), (_JUNK, num_test)):
         for k, start in enumerate(range(0, total, _BATCH)):
@@ -787,8 +790,8 @@ def generate_synthetic(
                     written += _run_task(task)
                     bar.update()
             else:
-                # fork on Linux: callers need no __main__ guard, and the workers only use
-                # numpy and PIL, so the parent's threads (torch, tqdm) cannot bite.
+                # fork on Linux: callers need no __main__ guard, and the workers run only
+                # numpy and PIL code, never the libraries behind the parent's threads (torch).
                 method = "fork" if sys.platform.startswith("linux") else "spawn"
                 with multiprocessing.get_context(method).Pool(num_workers) as pool:
                     for files in pool.imap_unordered(_run_task, tasks, chunksize=4):
@@ -800,6 +803,7 @@ def generate_synthetic(
             "version": GENERATOR_VERSION,
             "arguments": arguments,
             "image_size": [IMAGE_HEIGHT, IMAGE_WIDTH],
+            "software": {"numpy": np.__version__, "pillow": PIL.__version__},
             "counts": counts,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
