@@ -1,8 +1,10 @@
 """The entry points, run as a user runs them, on a tiny synthetic set."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,33 @@ def test_checkpoint_of_another_model_is_one_line(trained: Path) -> None:
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and "does not fit this model" in last_line
+
+
+def test_killed_run_resumes_to_the_same_metrics(trained: Path) -> None:
+    """SIGKILL after the first checkpoint, resume, and finish as if never stopped."""
+    out = trained.parent / "killed"
+    opts = [*_tiny(trained.parent, out), "SOLVER.MAX_EPOCHS", "3", "TEST.EVAL_PERIOD", "2"]
+    command = [sys.executable, str(ROOT / "tools" / "train.py"), "--config", "configs/demo.yml"]
+    process = subprocess.Popen([*command, *opts], cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (out / "last.pth").exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "metrics.json").exists()
+
+    result = _run("train.py", "--resume", "--config", "configs/demo.yml", *opts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from" in (out / "log.txt").read_text()
+    resumed = json.loads((out / "metrics.json").read_text())
+    uninterrupted = json.loads((trained / "metrics.json").read_text())
+    assert resumed == uninterrupted
+
+
+def test_resume_with_a_changed_config_says_what_changed(trained: Path) -> None:
+    opts = [*_tiny(trained.parent, trained), "SOLVER.MAX_EPOCHS", "3", "SOLVER.BASE_LR", "0.01"]
+    result = _run("train.py", "--resume", "--config", "configs/demo.yml", *opts)
+    assert result.returncode == 2
+    assert "SOLVER.BASE_LR: 0.001 -> 0.01" in result.stderr.strip().splitlines()[-1]
+    assert "BASE_LR: 0.001" in (trained / "config.yaml").read_text()  # left as it was

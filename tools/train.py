@@ -1,13 +1,15 @@
-"""Train a ReID model: python tools/train.py --config FILE [KEY VALUE ...]"""
+"""Train a ReID model: python tools/train.py --config FILE [--resume] [KEY VALUE ...]"""
 
 import argparse
 import logging
 import sys
 from pathlib import Path
 
-from reid.config import load_cfg
+from reid.config import load_cfg, resume_conflicts
 from reid.data import build_dataset, build_test_loader, build_train_loader
+from reid.engine.checkpoint import load_checkpoint
 from reid.engine.trainer import Trainer
+from reid.errors import ReidError
 from reid.evaluation import evaluate_model
 from reid.evaluation.report import format_results, write_metrics
 from reid.losses import build_loss
@@ -23,12 +25,12 @@ logger = logging.getLogger("reid.train")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML file of keys that differ")
+    parser.add_argument("--resume", action="store_true", help="continue OUTPUT_DIR/last.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
 
     cfg = load_cfg(args.config, args.opts)
     setup_logging(cfg.OUTPUT_DIR)
-    (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
     seed_everything(cfg.SEED)
     device = resolve_device(cfg.MODEL.DEVICE)
 
@@ -51,8 +53,17 @@ def main() -> None:
         evaluate=lambda: evaluate_model(model, test_loader, num_query, device),
         eval_period=cfg.TEST.EVAL_PERIOD,
         loss_optimizer=build_loss_optimizer(cfg, loss_fn),
+        amp=cfg.SOLVER.AMP,
+        channels_last=cfg.SOLVER.CHANNELS_LAST,
         extra_state={"config": cfg.dump()},
     )
+    if args.resume:
+        last = Path(cfg.OUTPUT_DIR) / "last.pth"
+        state = load_checkpoint(last)
+        if conflicts := resume_conflicts(state["config"], cfg):
+            raise ReidError(f"cannot resume {last}, the config changed: {'; '.join(conflicts)}")
+        trainer.load_state(state, str(last))
+    (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
     metrics = trainer.train()
     write_metrics(Path(cfg.OUTPUT_DIR) / "metrics.json", metrics)
     print(format_results(metrics))

@@ -13,7 +13,7 @@ from reid.data.datasets import DATASETS
 from reid.errors import ReidError, UnknownNameError
 from reid.models.backbones import BACKBONES
 
-__all__ = ["load_cfg", "get_default_cfg", "ConfigError"]
+__all__ = ["ConfigError", "config_differences", "get_default_cfg", "load_cfg"]
 
 
 class ConfigError(ReidError):
@@ -198,3 +198,39 @@ def _get(cfg: CN, key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def config_differences(old: CN, new: CN) -> list[str]:
+    """Keys whose values differ between two configs, as ``"KEY: old -> new"`` lines."""
+    old_values = {key: _get(old, key) for key in _all_keys(old)}
+    return [
+        f"{key}: {old_values.get(key)!r} -> {_get(new, key)!r}"
+        for key in _all_keys(new)
+        if old_values.get(key) != _get(new, key)
+    ]
+
+
+# Keys that may change when a run is resumed without changing what it trains.
+RESUME_SAFE_KEYS = (
+    "OUTPUT_DIR",
+    "DATASETS.ROOT",
+    "DATALOADER.NUM_WORKERS",
+    "SOLVER.MAX_EPOCHS",
+    "MODEL.DEVICE",
+    "MODEL.PRETRAINED",
+    "MODEL.PRETRAIN_PATH",
+    "TEST.",
+)
+
+
+def resume_conflicts(saved_yaml: str, cfg: CN) -> list[str]:
+    """Differences between a checkpoint's config and ``cfg`` that forbid resuming.
+
+    Args:
+        saved_yaml: the checkpoint's resolved config (``cfg.dump()`` text).
+
+    Returns:
+        ``"KEY: old -> new"`` lines, empty when the run can continue.
+    """
+    saved = CN.load_cfg(saved_yaml)
+    return [d for d in config_differences(saved, cfg) if not d.startswith(RESUME_SAFE_KEYS)]

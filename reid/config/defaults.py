@@ -90,6 +90,10 @@ _C.SOLVER.WARMUP_FACTOR = 0.01
 _C.SOLVER.WARMUP_EPOCHS = 10
 # SGD learning rate of the center-loss centers (Bag-of-Tricks).
 _C.SOLVER.CENTER_LR = 0.5
+# Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU.
+_C.SOLVER.AMP = True
+# channels-last memory format on CUDA (faster convolutions with AMP); no effect on CPU.
+_C.SOLVER.CHANNELS_LAST = True
 
 # ---------------------------------------------------------------------------
 _C.LOSS = CN()

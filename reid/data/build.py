@@ -53,7 +53,9 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
         batch_sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+        # Workers restart each epoch and draw their seeds from the main process's
+        # RNG, which checkpoints restore: a resumed run augments exactly the same.
+        persistent_workers=False,
     )
 
 
