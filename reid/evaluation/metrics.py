@@ -16,6 +16,10 @@ own identity (its correct matches and its same-camera images) are ranked among
 themselves directly, which removes the same-camera images from the count without
 touching the rest of the row. Chunks run on a small thread pool; numpy releases
 the GIL in the copy and the sort, which dominate.
+
+:class:`MarketRanker` is that per-chunk step on its own, for callers that never hold
+the whole distance matrix (``reid.evaluation.feature_ranking`` computes it from
+features one block of queries at a time and feeds each block here).
 """
 
 from __future__ import annotations
@@ -55,6 +59,23 @@ class _PerQuery:
     last_rank: np.ndarray  # int64, 1-based rank of the last correct match
     ap_standard: np.ndarray  # float64
     ap_official: np.ndarray  # float64
+
+    @classmethod
+    def zeros(cls, num_query: int) -> _PerQuery:
+        """All queries marked skipped until their rows are ranked."""
+        return cls(
+            num_pos=np.zeros(num_query, dtype=np.int64),
+            first_rank=np.zeros(num_query, dtype=np.int64),
+            last_rank=np.zeros(num_query, dtype=np.int64),
+            ap_standard=np.zeros(num_query, dtype=np.float64),
+            ap_official=np.zeros(num_query, dtype=np.float64),
+        )
+
+    def store(self, start: int, values: tuple[np.ndarray, ...]) -> None:
+        """Writes the (n,) arrays of :func:`_chunk_stats` for queries ``start:start+n``."""
+        outs = (self.num_pos, self.first_rank, self.last_rank, self.ap_standard, self.ap_official)
+        for out, value in zip(outs, values, strict=True):
+            out[start : start + value.shape[0]] = value
 
 
 def evaluate_rank(
@@ -141,21 +162,47 @@ def evaluate_rank(
             ``max_rank``, ``chunk_size`` or ``num_workers`` below 1, NaN distances,
             or when no query has a correct match.
     """
-    if ap not in AP_CONVENTIONS:
-        raise ValueError(f"unknown ap {ap!r}; valid: {', '.join(AP_CONVENTIONS)}")
+    _check_summary_options(max_rank, ap)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
-    for name, value in (("chunk_size", chunk_size), ("num_workers", num_workers)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1 or None, got {value}")
+    _check_chunking(chunk_size, num_workers)
     labels = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     q_pids_np, g_pids_np, q_cams_np, g_cams_np = labels
 
-    stats = _market_per_query(
-        distmat, q_pids_np, g_pids_np, q_cams_np, g_cams_np, chunk_size, num_workers
-    )
+    ranker = MarketRanker(q_pids_np, g_pids_np, q_cams_np, g_cams_np)
+    ranker.add_rows(0, distmat, chunk_size=chunk_size, num_workers=num_workers)
+    stats = ranker.stats
+    valid = _valid_queries(stats)
+    if protocol == "market1501":
+        cmc = _market_cmc(stats, valid, max_rank)
+    else:
+        cmc = _cuhk03_cmc(
+            distmat, q_pids_np, g_pids_np, q_cams_np, g_cams_np, valid, max_rank, seed
+        )
+    return _summarize(stats, valid, cmc, ap)
+
+
+def _check_summary_options(max_rank: int, ap: str) -> None:
+    """Raises ValueError for an unknown ``ap`` or a ``max_rank`` below 1."""
+    if ap not in AP_CONVENTIONS:
+        raise ValueError(f"unknown ap {ap!r}; valid: {', '.join(AP_CONVENTIONS)}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+
+
+def _check_chunking(chunk_size: int | None, num_workers: int | None) -> None:
+    """Raises ValueError for a ``chunk_size`` or ``num_workers`` below 1."""
+    for name, value in (("chunk_size", chunk_size), ("num_workers", num_workers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {value}")
+
+
+def _valid_queries(stats: _PerQuery) -> np.ndarray:
+    """(num_query,) bool mask of the queries with a correct match; warns about the rest.
+
+    Raises:
+        ValueError: when no query has a correct match.
+    """
     valid = stats.num_pos > 0
     num_valid = int(valid.sum())
     num_query = valid.size
@@ -170,17 +217,21 @@ def evaluate_rank(
             num_query - num_valid,
             num_query,
         )
+    return valid
 
-    if protocol == "market1501":
-        first = stats.first_rank[valid]
-        # Bucket first-hit ranks; everything beyond max_rank shares the last bucket.
-        hist = np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)
-        cmc = np.cumsum(hist[:max_rank]) / num_valid
-    else:
-        cmc = _cuhk03_cmc(
-            distmat, q_pids_np, g_pids_np, q_cams_np, g_cams_np, valid, max_rank, seed
-        )
 
+def _market_cmc(stats: _PerQuery, valid: np.ndarray, max_rank: int) -> np.ndarray:
+    """(max_rank,) CMC over the valid queries from their first-hit ranks."""
+    first = stats.first_rank[valid]
+    # Bucket first-hit ranks; everything beyond max_rank shares the last bucket.
+    hist = np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)
+    return np.cumsum(hist[:max_rank]) / first.size
+
+
+def _summarize(
+    stats: _PerQuery, valid: np.ndarray, cmc: np.ndarray, ap: str
+) -> tuple[np.ndarray, float, float]:
+    """``(cmc as float64, mAP, mINP)`` averaged over the valid queries."""
     ap_per_query = stats.ap_standard if ap == "standard" else stats.ap_official
     mean_ap = float(ap_per_query[valid].mean())
     inp = stats.num_pos[valid] / stats.last_rank[valid]
@@ -255,7 +306,11 @@ def _rows(distmat: np.ndarray | torch.Tensor, start: int, stop: int) -> np.ndarr
         (stop - start, num_gallery) float32 or float64 array. Half precision is
         widened to float32 (exact); integers become float64.
     """
-    block = distmat[start:stop]
+    return _float_block(distmat[start:stop])
+
+
+def _float_block(block: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Returns a block of distances as a host float array (see :func:`_rows`)."""
     if isinstance(block, torch.Tensor):
         block = block.detach()
         if block.dtype in (torch.float16, torch.bfloat16):
@@ -422,62 +477,154 @@ def _chunk_stats(
     return num_pos, first_rank, last_rank, ap_standard, ap_official
 
 
-def _market_per_query(
-    distmat: np.ndarray | torch.Tensor,
-    q_pids: np.ndarray,
-    g_pids: np.ndarray,
-    q_cams: np.ndarray,
-    g_cams: np.ndarray,
-    chunk_size: int | None,
-    num_workers: int | None,
-) -> _PerQuery:
-    """Runs :func:`_chunk_stats` over chunks of queries on a thread pool."""
-    num_query, num_gallery = (int(n) for n in distmat.shape)
-    g_nonjunk = g_pids != JUNK_PID
-    keep_cols = None if g_nonjunk.all() else np.flatnonzero(g_nonjunk)
-    n_kept = num_gallery if keep_cols is None else keep_cols.size
+class MarketRanker:
+    """Exact Market-1501 statistics of a ranking, fed one block of query rows at a time.
 
-    num_pos = np.zeros(num_query, dtype=np.int64)
-    first_rank = np.zeros(num_query, dtype=np.int64)
-    last_rank = np.zeros(num_query, dtype=np.int64)
-    ap_standard = np.zeros(num_query, dtype=np.float64)
-    ap_official = np.zeros(num_query, dtype=np.float64)
-    if n_kept == 0:
-        return _PerQuery(num_pos, first_rank, last_rank, ap_standard, ap_official)
+    The per-chunk primitive of :func:`evaluate_rank`, for callers that never hold the
+    whole (num_query, num_gallery) distance matrix: create it from the labels, pass
+    every query's row of distances exactly once through :meth:`add_block` or
+    :meth:`add_rows` (in any order; from several threads if their row ranges are
+    disjoint), then call :meth:`result`. The outcome is bitwise what
+    ``evaluate_rank(distmat, ...)`` returns for the stacked rows (same filtering, same
+    stable tie order, same averages), since it is the same code.
 
-    same = _same_pid_items(q_pids, g_pids)
-    if chunk_size is None:
-        itemsize = 8 if _is_double(distmat) else 4
-        chunk_size = max(1, _CHUNK_BYTES // (n_kept * itemsize))
-    if num_workers is None:
-        num_workers = _available_cpus()
-    starts = range(0, num_query, chunk_size)
+    Memory: (num_query,) statistics plus the labels; each block is ranked and
+    dropped.
 
-    def work(start: int) -> None:
-        stop = min(start + chunk_size, num_query)
-        same_cols, same_count = same.columns(start, stop)
+    Attributes:
+        num_query, num_gallery: sizes given by the labels.
+        num_kept: gallery items that are not junk (pid -1).
+        stats: per-query statistics filled so far (unranked queries count as skipped).
+    """
+
+    def __init__(
+        self,
+        q_pids: np.ndarray | torch.Tensor,
+        g_pids: np.ndarray | torch.Tensor,
+        q_camids: np.ndarray | torch.Tensor,
+        g_camids: np.ndarray | torch.Tensor,
+    ) -> None:
+        """Indexes the gallery by identity.
+
+        Args:
+            q_pids, q_camids: (num_query,) query identities and cameras.
+            g_pids, g_camids: (num_gallery,) gallery identities (-1 = junk,
+                0 = distractor) and cameras.
+
+        Raises:
+            ValueError: when a label array is not 1-D or the query (gallery) pids
+                and camids differ in length.
+        """
+        q_pids_np, g_pids_np = _label_array("q_pids", q_pids), _label_array("g_pids", g_pids)
+        q_cams, g_cams = _label_array("q_camids", q_camids), _label_array("g_camids", g_camids)
+        for pids_name, pids, cams_name, cams in (
+            ("q_pids", q_pids_np, "q_camids", q_cams),
+            ("g_pids", g_pids_np, "g_camids", g_cams),
+        ):
+            if pids.shape != cams.shape:
+                raise ValueError(
+                    f"{pids_name} has shape {pids.shape} but {cams_name} has shape {cams.shape}"
+                )
+        self.num_query, self.num_gallery = q_pids_np.size, g_pids_np.size
+        self._q_cams, self._g_cams = q_cams, g_cams
+        self._g_nonjunk = g_pids_np != JUNK_PID
+        self._keep_cols = None if self._g_nonjunk.all() else np.flatnonzero(self._g_nonjunk)
+        self.num_kept = self.num_gallery if self._keep_cols is None else self._keep_cols.size
+        self._same = _same_pid_items(q_pids_np, g_pids_np)
+        self.stats = _PerQuery.zeros(self.num_query)
+
+    def default_chunk_size(self, itemsize: int = 4) -> int:
+        """Rows per chunk so that one chunk's copy of the kept columns is about 8 MiB."""
+        return max(1, _CHUNK_BYTES // (max(self.num_kept, 1) * itemsize))
+
+    def add_block(self, start: int, block: np.ndarray | torch.Tensor) -> None:
+        """Ranks the gallery for queries ``start : start + n`` in one go.
+
+        Args:
+            start: index of the block's first query.
+            block: (n, num_gallery) distances of those queries, smaller = more
+                similar; numpy or torch (any device; copied to the host). Peak extra
+                memory is about one copy of the block's kept columns.
+
+        Raises:
+            ValueError: on a block of the wrong shape or outside the queries, or NaN
+                among the non-junk columns.
+        """
+        rows = _float_block(block)
+        n = rows.shape[0] if rows.ndim == 2 else -1
+        if rows.ndim != 2 or rows.shape[1] != self.num_gallery:
+            raise ValueError(
+                f"block must have shape (n, {self.num_gallery}), got {tuple(rows.shape)}"
+            )
+        if start < 0 or start + n > self.num_query:
+            raise ValueError(
+                f"block rows {start}:{start + n} fall outside the {self.num_query} queries"
+            )
+        if n == 0 or self.num_kept == 0:
+            return
+        stop = start + n
+        same_cols, same_count = self._same.columns(start, stop)
         stats = _chunk_stats(
-            _rows(distmat, start, stop),
-            keep_cols,
+            rows,
+            self._keep_cols,
             same_cols,
             same_count,
-            q_cams[start:stop],
-            g_cams,
-            g_nonjunk,
+            self._q_cams[start:stop],
+            self._g_cams,
+            self._g_nonjunk,
         )
-        for out, value in zip(
-            (num_pos, first_rank, last_rank, ap_standard, ap_official), stats, strict=True
-        ):
-            out[start:stop] = value
+        self.stats.store(start, stats)
 
-    if num_workers <= 1 or len(starts) == 1:
-        for start in starts:
-            work(start)
-    else:
-        with ThreadPoolExecutor(max_workers=num_workers) as pool:
-            # list() re-raises the first worker exception here.
-            list(pool.map(work, starts))
-    return _PerQuery(num_pos, first_rank, last_rank, ap_standard, ap_official)
+    def add_rows(
+        self,
+        start: int,
+        rows: np.ndarray | torch.Tensor,
+        *,
+        chunk_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> None:
+        """Ranks queries ``start : start + n`` in chunks on a thread pool.
+
+        Args:
+            start: index of the first query in ``rows``.
+            rows: (n, num_gallery) distances; numpy or torch on any device, each chunk
+                copied to the host only when it is ranked.
+            chunk_size: rows per :meth:`add_block` call; by default about 8 MiB of
+                kept distances. Peak extra memory is about ``num_workers`` chunks.
+            num_workers: threads; defaults to the CPUs available to this process.
+        """
+        _check_chunking(chunk_size, num_workers)
+        num_rows = int(rows.shape[0])
+        if self.num_kept == 0 or num_rows == 0:
+            return
+        if chunk_size is None:
+            chunk_size = self.default_chunk_size(8 if _is_double(rows) else 4)
+        if num_workers is None:
+            num_workers = _available_cpus()
+        offsets = range(0, num_rows, chunk_size)
+
+        def work(offset: int) -> None:
+            stop = min(offset + chunk_size, num_rows)
+            self.add_block(start + offset, _rows(rows, offset, stop))
+
+        if num_workers <= 1 or len(offsets) == 1:
+            for offset in offsets:
+                work(offset)
+        else:
+            with ThreadPoolExecutor(max_workers=min(num_workers, len(offsets))) as pool:
+                # list() re-raises the first worker exception here.
+                list(pool.map(work, offsets))
+
+    def result(self, max_rank: int = 50, ap: str = "standard") -> tuple[np.ndarray, float, float]:
+        """``(cmc, mAP, mINP)`` over the ranked queries, as :func:`evaluate_rank` returns.
+
+        Raises:
+            ValueError: on a bad ``max_rank`` or ``ap``, or when no query has a
+                correct match.
+        """
+        _check_summary_options(max_rank, ap)
+        valid = _valid_queries(self.stats)
+        return _summarize(self.stats, valid, _market_cmc(self.stats, valid, max_rank), ap)
 
 
 def _is_double(distmat: np.ndarray | torch.Tensor) -> bool:
