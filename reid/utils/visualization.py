@@ -1,0 +1,400 @@
+"""Visual results: ranked gallery lists per query and the CMC curve, drawn with Pillow.
+
+Ranked lists follow the Market-1501 protocol of :func:`reid.evaluation.metrics.evaluate_rank`:
+the gallery is sorted by distance (stable, so ties keep gallery order); items with the
+query's identity *and* camera, and junk items (pid -1), are ignored by the protocol. They
+are drawn greyed in place, with a grey border and no rank number, and the list goes on
+until ``topk`` counted items are shown, so the numbered ranks are exactly the ranks the
+metrics see. Counted items have a green border when correct (same pid, other camera) and a
+red one when wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from reid.data.datasets import Record
+from reid.data.image_dataset import read_image
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+logger = logging.getLogger(__name__)
+
+JUNK_PID = -1
+
+# Ranked-list layout, in pixels. A tile is an image inside its border, with two short
+# label lines under it.
+TILE_BORDER = 3
+TILE_GAP = 4
+QUERY_GAP = 16
+LABEL_HEIGHT = 26
+MARGIN = 4
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "query": (40, 90, 220),
+    "correct": (0, 170, 0),
+    "wrong": (220, 0, 0),
+    "ignored": (150, 150, 150),
+}
+_WHITE = (255, 255, 255)
+_BLACK = (0, 0, 0)
+_CACHED_TILES = 512
+
+_Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def draw_ranked_lists(
+    distmat: np.ndarray | torch.Tensor,
+    query_records: Sequence[Record],
+    gallery_records: Sequence[Record],
+    out_dir: str | Path,
+    topk: int = 10,
+    max_queries: int | None = 50,
+    image_size: tuple[int, int] = (128, 64),
+) -> list[Path]:
+    """Writes one PNG per selected query: the query, then its ranked gallery.
+
+    Each image is resized to ``image_size`` and framed by a border: blue for the query,
+    green for a correct match, red for a wrong one, grey (image greyed too) for items the
+    protocol ignores (same pid and camera as the query, or pid -1). Ignored items are
+    shown where they rank but get no rank number; the row ends after ``topk`` counted
+    items. At most ``topk`` ignored items are drawn per row, so a query with many of
+    them still gives a readable image; further ignored items are left out silently.
+    Under each image: its rank (``#3``, or ``same cam`` / ``junk``) and ``pid P cC``.
+
+    Queries are picked deterministically: ``max_queries`` indices evenly spaced over the
+    query list (queries are usually sorted by pid, so this spreads over identities).
+
+    Args:
+        distmat: (Q, G) distances, smaller = more similar; numpy or torch on any device.
+        query_records: Q ``(path, pid, camid)`` records, in the rows' order.
+        gallery_records: G records, in the columns' order.
+        out_dir: created if missing.
+        topk: counted gallery items per row.
+        max_queries: how many queries to draw; None draws all of them.
+        image_size: ``(H, W)`` of every drawn image, as in ``INPUT.SIZE_TEST``.
+
+    Returns:
+        The written paths, named ``query_{index:04d}_pid{pid:04d}.png``, in query order.
+
+    Raises:
+        ValueError: ``distmat`` not (Q, G), ``topk`` or ``max_queries`` below 1.
+        reid.data.DatasetError: an image that cannot be read.
+    """
+    dist = _to_numpy(distmat)
+    num_query, num_gallery = len(query_records), len(gallery_records)
+    if dist.shape != (num_query, num_gallery):
+        raise ValueError(
+            f"distmat must be (num_query, num_gallery) = ({num_query}, {num_gallery}), "
+            f"got {tuple(dist.shape)}"
+        )
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if max_queries is not None and max_queries < 1:
+        raise ValueError(f"max_queries must be >= 1 or None, got {max_queries}")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    height, width = image_size
+    font = _font(10)
+
+    # Top-ranked gallery images recur across queries; a bounded cache avoids re-decoding.
+    @functools.lru_cache(maxsize=_CACHED_TILES)
+    def load(path: str) -> Image.Image:
+        return read_image(path).resize((width, height), Image.Resampling.BILINEAR)
+
+    g_pids = np.array([record[1] for record in gallery_records])
+    g_camids = np.array([record[2] for record in gallery_records])
+    written = []
+    for index in _select_queries(num_query, max_queries):
+        q_path, q_pid, q_camid = query_records[index]
+        entries = _rank_entries(dist[index], q_pid, q_camid, g_pids, g_camids, topk)
+        tiles = [_tile(load(str(q_path)), "query", "query", q_pid, q_camid, font)]
+        for g_index, status, rank in entries:
+            g_path, g_pid, g_camid = gallery_records[g_index]
+            label = f"#{rank}" if rank else ("junk" if g_pid == JUNK_PID else "same cam")
+            tiles.append(_tile(load(str(g_path)), status, label, g_pid, g_camid, font))
+        path = out_dir / f"query_{index:04d}_pid{q_pid:04d}.png"
+        _compose_row(tiles).save(path)
+        written.append(path)
+    logger.info("wrote %d ranked lists to %s", len(written), out_dir)
+    return written
+
+
+def ranked_list_width(num_gallery_tiles: int, image_width: int) -> int:
+    """Width in pixels of a ranked-list PNG holding the query and ``num_gallery_tiles``."""
+    tile = image_width + 2 * TILE_BORDER
+    gallery = num_gallery_tiles * tile + max(num_gallery_tiles - 1, 0) * TILE_GAP
+    return 2 * MARGIN + tile + (QUERY_GAP + gallery if num_gallery_tiles else 0)
+
+
+def ranked_list_height(image_height: int) -> int:
+    """Height in pixels of a ranked-list PNG for images ``image_height`` pixels high."""
+    return 2 * MARGIN + image_height + 2 * TILE_BORDER + LABEL_HEIGHT
+
+
+def _to_numpy(array: np.ndarray | torch.Tensor | Sequence[float]) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def _select_queries(num_query: int, max_queries: int | None) -> list[int]:
+    """Evenly spaced query indices, first and last included; all when they fit."""
+    if max_queries is None or max_queries >= num_query:
+        return list(range(num_query))
+    return sorted({int(i) for i in np.linspace(0, num_query - 1, max_queries).round()})
+
+
+def _rank_entries(
+    distances: np.ndarray,
+    q_pid: int,
+    q_camid: int,
+    g_pids: np.ndarray,
+    g_camids: np.ndarray,
+    topk: int,
+) -> list[tuple[int, str, int]]:
+    """Walks one query's ranking as the Market-1501 protocol sees it.
+
+    Args:
+        distances: (G,) distances of the query to the gallery.
+        g_pids, g_camids: (G,) gallery labels.
+
+    Returns:
+        ``(gallery_index, status, rank)`` in ranking order, up to ``topk`` counted items
+        and ``topk`` ignored ones; ``status`` is ``correct``, ``wrong`` or ``ignored``,
+        ``rank`` the 1-based protocol rank, 0 for ignored items.
+    """
+    entries: list[tuple[int, str, int]] = []
+    rank = ignored = 0
+    for g_index in np.argsort(distances, kind="stable"):
+        pid, camid = g_pids[g_index], g_camids[g_index]
+        if pid == JUNK_PID or (pid == q_pid and camid == q_camid):
+            if ignored < topk:
+                entries.append((int(g_index), "ignored", 0))
+            ignored += 1
+            continue
+        rank += 1
+        entries.append((int(g_index), "correct" if pid == q_pid else "wrong", rank))
+        if rank == topk:
+            break
+    return entries
+
+
+def _tile(
+    image: Image.Image, status: str, label: str, pid: int, camid: int, font: _Font
+) -> Image.Image:
+    """One framed image with its two label lines; ignored items are greyed and dimmed."""
+    width, height = image.size
+    if status == "ignored":
+        image = Image.blend(
+            ImageOps.grayscale(image).convert("RGB"), Image.new("RGB", image.size, _WHITE), 0.5
+        )
+    tile = Image.new(
+        "RGB", (width + 2 * TILE_BORDER, height + 2 * TILE_BORDER + LABEL_HEIGHT), _WHITE
+    )
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle(
+        (0, 0, width + 2 * TILE_BORDER - 1, height + 2 * TILE_BORDER - 1), fill=COLORS[status]
+    )
+    tile.paste(image, (TILE_BORDER, TILE_BORDER))
+    text_color = COLORS["ignored"] if status == "ignored" else _BLACK
+    top = height + 2 * TILE_BORDER + 1
+    for line, text in enumerate((label, f"pid {pid} c{camid}")):
+        _centered_text(
+            draw, tile.width / 2, top + line * (LABEL_HEIGHT // 2), text, font, text_color
+        )
+    return tile
+
+
+def _compose_row(tiles: list[Image.Image]) -> Image.Image:
+    width = ranked_list_width(len(tiles) - 1, tiles[0].width - 2 * TILE_BORDER)
+    row = Image.new("RGB", (width, tiles[0].height + 2 * MARGIN), _WHITE)
+    x = MARGIN
+    for i, tile in enumerate(tiles):
+        row.paste(tile, (x, MARGIN))
+        x += tile.width + (QUERY_GAP if i == 0 else TILE_GAP)
+    return row
+
+
+# ---------------------------------------------------------------------------
+# CMC curve
+
+# Plot-area margins (left, top, right, bottom) in pixels: room for ticks, labels, title.
+_PLOT_MARGINS = (70, 40, 24, 56)
+_GRID = (225, 225, 225)
+_CURVE = (31, 100, 190)
+_ANNOTATED_RANKS = (1, 5, 10)
+
+
+def draw_cmc_curve(
+    cmc: np.ndarray | Sequence[float],
+    out_path: str | Path,
+    title: str = "CMC",
+    width: int = 640,
+    height: int = 480,
+) -> Path:
+    """Draws the CMC curve, ``cmc[k-1]`` against rank ``k``, as a PNG line plot.
+
+    The y axis runs from 0 to 100 % with gridlines every 10 %; x ticks fall on rank 1
+    and on multiples of a round step. Ranks 1, 5 and 10 (those within the curve) are
+    marked on the curve and their values listed in a box placed away from the curve.
+
+    Args:
+        cmc: (K,) matching rates in [0, 1], e.g. the first output of ``evaluate_rank``.
+        out_path: the PNG to write; its folder is created if missing.
+        title: drawn above the plot.
+        width, height: image size in pixels.
+
+    Returns:
+        ``out_path`` as a Path.
+
+    Raises:
+        ValueError: ``cmc`` empty, not 1-D, or outside [0, 1]; an image too small for
+            the margins.
+    """
+    values = _to_numpy(cmc).astype(float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"cmc must be a non-empty 1-D array, got shape {values.shape}")
+    if not np.all((values >= 0.0) & (values <= 1.0)):
+        raise ValueError(
+            f"cmc values must lie in [0, 1], got min {values.min()}, max {values.max()}"
+        )
+
+    min_width, min_height = _PLOT_MARGINS[0] + _PLOT_MARGINS[2], _PLOT_MARGINS[1] + _PLOT_MARGINS[3]
+    if width < min_width + 50 or height < min_height + 50:
+        raise ValueError(
+            f"a CMC plot needs at least {min_width + 50}x{min_height + 50} pixels, "
+            f"got {width}x{height}"
+        )
+
+    image = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(image)
+    font, title_font = _font(11), _font(15)
+    left, top = _PLOT_MARGINS[0], _PLOT_MARGINS[1]
+    right, bottom = width - _PLOT_MARGINS[2], height - _PLOT_MARGINS[3]
+    num_ranks = values.size
+
+    def to_x(rank: float) -> float:
+        if num_ranks == 1:
+            return (left + right) / 2
+        return left + (rank - 1) / (num_ranks - 1) * (right - left)
+
+    def to_y(rate: float) -> float:
+        return bottom - rate * (bottom - top)
+
+    for percent in range(0, 101, 10):
+        y = to_y(percent / 100)
+        draw.line((left, y, right, y), fill=_GRID)
+        draw.line((left - 4, y, left, y), fill=_BLACK)
+        _right_aligned_text(draw, left - 7, y - 6, f"{percent}%", font)
+    for rank in _rank_ticks(num_ranks):
+        x = to_x(rank)
+        draw.line((x, top, x, bottom), fill=_GRID)
+        draw.line((x, bottom, x, bottom + 4), fill=_BLACK)
+        _centered_text(draw, x, bottom + 7, str(rank), font, _BLACK)
+    draw.rectangle((left, top, right, bottom), outline=_BLACK)
+
+    points = [(to_x(k), to_y(v)) for k, v in enumerate(values, start=1)]
+    if len(points) > 1:
+        draw.line(points, fill=_CURVE, width=2, joint="curve")
+    if num_ranks <= 30:
+        for x, y in points:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=_CURVE)
+
+    annotated = [k for k in _ANNOTATED_RANKS if k <= num_ranks]
+    lines = []
+    for k in annotated:
+        x, y = points[k - 1]
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=COLORS["wrong"], width=2)
+        _centered_text(draw, x, y - 18, f"R{k}", font, COLORS["wrong"])
+        lines.append(f"Rank-{k}: {100 * values[k - 1]:.1f}%")
+    if lines:
+        # The curve rises left to right: the lower right is clear unless it ends low,
+        # and then the whole upper half is.
+        box_w = max(draw.textlength(line, font=font) for line in lines) + 16
+        box_h = 16 * len(lines) + 8
+        if values[-1] > 0.5:
+            box_x, box_y = right - box_w - 10, bottom - box_h - 10
+        else:
+            box_x, box_y = left + 10, top + 10
+        draw.rectangle((box_x, box_y, box_x + box_w, box_y + box_h), fill=_WHITE, outline=_BLACK)
+        for i, line in enumerate(lines):
+            draw.text((box_x + 8, box_y + 5 + 16 * i), line, fill=_BLACK, font=font)
+
+    _centered_text(draw, (left + right) / 2, 10, title, title_font, _BLACK)
+    _centered_text(draw, (left + right) / 2, height - 24, "Rank", font, _BLACK)
+    y_label = _text_image("Matching rate (%)", font).rotate(90, expand=True)
+    image.paste(y_label, (8, int((top + bottom - y_label.height) / 2)))
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out_path)
+    return out_path
+
+
+def _rank_ticks(num_ranks: int) -> list[int]:
+    """Rank 1 and multiples of the smallest round step giving at most ~10 ticks."""
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if num_ranks / s <= 10)
+    return [1] + [k for k in range(step, num_ranks + 1, step) if k != 1]
+
+
+# ---------------------------------------------------------------------------
+# TensorBoard
+
+
+def log_images_to_tensorboard(
+    writer: SummaryWriter, paths: Sequence[str | Path], tag: str, global_step: int = 0
+) -> None:
+    """Adds each PNG as an image under ``{tag}/{file stem}``."""
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        writer.add_image(f"{tag}/{Path(path).stem}", pixels, global_step, dataformats="HWC")
+
+
+# ---------------------------------------------------------------------------
+# Text helpers
+
+
+@functools.cache
+def _font(size: int) -> _Font:
+    """Pillow's bundled font at ``size``; the fixed bitmap font where FreeType is missing."""
+    try:
+        return ImageFont.load_default(size=size)
+    except ImportError:
+        return ImageFont.load_default()
+
+
+def _centered_text(
+    draw: ImageDraw.ImageDraw,
+    center_x: float,
+    y: float,
+    text: str,
+    font: _Font,
+    fill: tuple[int, int, int],
+) -> None:
+    draw.text((center_x - draw.textlength(text, font=font) / 2, y), text, fill=fill, font=font)
+
+
+def _right_aligned_text(
+    draw: ImageDraw.ImageDraw, right_x: float, y: float, text: str, font: _Font
+) -> None:
+    draw.text((right_x - draw.textlength(text, font=font), y), text, fill=_BLACK, font=font)
+
+
+def _text_image(text: str, font: _Font) -> Image.Image:
+    """``text`` in black on its own white image, e.g. to rotate for a vertical label."""
+    _, _, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    image = Image.new("RGB", (right + 2, bottom + 2), _WHITE)
+    ImageDraw.Draw(image).text((1, 1), text, fill=_BLACK, font=font)
+    return image
