@@ -120,3 +120,15 @@ def test_resume_with_a_changed_config_says_what_changed(trained: Path) -> None:
     assert result.returncode == 2
     assert "SOLVER.BASE_LR: 0.001 -> 0.01" in result.stderr.strip().splitlines()[-1]
     assert "BASE_LR: 0.001" in (trained / "config.yaml").read_text()  # left as it was
+
+
+def test_test_time_options_and_visual_results(trained: Path) -> None:
+    out = trained / "visual_test"
+    options = ["TEST.FLIP", "true", "TEST.RE_RANKING", "true", "TEST.VISUALIZE_QUERIES", "3"]
+    opts = [*_tiny(trained.parent, out), "TEST.WEIGHT", str(trained / "best.pth"), *options]
+    result = _run("test.py", "--config", "configs/demo.yml", *opts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["mAP"] <= 1.0 and len(metrics["cmc"]) == 50
+    assert len(list((out / "visual" / "ranked").glob("*.png"))) == 3
+    assert (out / "visual" / "cmc.png").is_file()

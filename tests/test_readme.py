@@ -27,7 +27,9 @@ def test_readme_main_command_uses_a_shipped_config() -> None:
 
 def test_readme_python_examples_run(tmp_path: Path) -> None:
     """Each Python example registers an extension; building with it must work."""
-    backbone_example, dataset_example = _blocks("python")
+    examples = _blocks("python")
+    backbone_example = next(b for b in examples if "@BACKBONES.register" in b)
+    dataset_example = next(b for b in examples if "@DATASETS.register" in b)
     script = f"""
 {backbone_example}
 {dataset_example}

@@ -4,16 +4,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
 from reid.config import load_cfg
 from reid.data import build_dataset, build_test_loader
 from reid.engine.checkpoint import checkpoint_num_classes, load_checkpoint, load_model_weights
 from reid.errors import ReidError
-from reid.evaluation import evaluate_model
+from reid.evaluation import build_eval_options, extract_features, rank_gallery
+from reid.evaluation.evaluator import gallery_distances, summarize
 from reid.evaluation.report import format_results, write_metrics
 from reid.models import build_model
 from reid.utils.cli import run_cli
 from reid.utils.env import resolve_device
 from reid.utils.logging import setup_logging
+from reid.utils.visualization import draw_cmc_curve, draw_ranked_lists, log_images_to_tensorboard
 
 
 def main() -> None:
@@ -36,9 +41,33 @@ def main() -> None:
     num_classes = checkpoint_num_classes(state["model"], cfg.TEST.WEIGHT)
     model = build_model(cfg, num_classes=num_classes, load_pretrained_weights=False)
     load_model_weights(model, state["model"], source=cfg.TEST.WEIGHT)
-    metrics = evaluate_model(model.to(device), test_loader, num_query, device)
-    write_metrics(Path(cfg.OUTPUT_DIR) / "metrics.json", {**metrics, "weight": cfg.TEST.WEIGHT})
+
+    options = build_eval_options(cfg)
+    feats, pids, camids = extract_features(model.to(device), test_loader, device, options["flip"])
+    cmc, mean_ap, mean_inp = rank_gallery(
+        feats, pids, camids, num_query, options["metric"], options["rerank"]
+    )
+    metrics = summarize(cmc, mean_ap, mean_inp)
+    write_metrics(
+        Path(cfg.OUTPUT_DIR) / "metrics.json",
+        {**metrics, "cmc": cmc.tolist(), "weight": cfg.TEST.WEIGHT},
+    )
     print(format_results(metrics))
+
+    if cfg.TEST.VISUALIZE_QUERIES:
+        out = Path(cfg.OUTPUT_DIR) / "visual"
+        rows = np.linspace(0, num_query - 1, min(cfg.TEST.VISUALIZE_QUERIES, num_query))
+        rows = sorted(set(rows.round().astype(int).tolist()))  # spread over identities
+        distmat = gallery_distances(feats, num_query, options["metric"], options["rerank"], rows)
+        queries = [dataset.query[i] for i in rows]
+        ranked = draw_ranked_lists(
+            distmat, queries, dataset.gallery, out / "ranked", max_queries=None
+        )
+        curve = draw_cmc_curve(cmc, out / "cmc.png")
+        with SummaryWriter(Path(cfg.OUTPUT_DIR) / "tensorboard") as writer:
+            log_images_to_tensorboard(writer, ranked, "ranked_lists")
+            log_images_to_tensorboard(writer, [curve], "cmc")
+        print(f"ranked lists and CMC curve in {out}")
 
 
 if __name__ == "__main__":

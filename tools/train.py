@@ -10,7 +10,7 @@ from reid.data import build_dataset, build_test_loader, build_train_loader
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.trainer import Trainer
 from reid.errors import ReidError
-from reid.evaluation import evaluate_model
+from reid.evaluation import build_eval_options, evaluate_model
 from reid.evaluation.report import format_results, write_metrics
 from reid.losses import build_loss
 from reid.models import build_model
@@ -50,7 +50,9 @@ def main() -> None:
         device=device,
         max_epochs=cfg.SOLVER.MAX_EPOCHS,
         output_dir=cfg.OUTPUT_DIR,
-        evaluate=lambda: evaluate_model(model, test_loader, num_query, device),
+        evaluate=lambda: evaluate_model(
+            model, test_loader, num_query, device, **build_eval_options(cfg)
+        ),
         eval_period=cfg.TEST.EVAL_PERIOD,
         loss_optimizer=build_loss_optimizer(cfg, loss_fn),
         amp=cfg.SOLVER.AMP,

@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "SOLVER.OPTIMIZER": ("adam", "sgd"),
     "SOLVER.SCHEDULER": ("multistep", "cosine"),
     "TEST.NECK_FEAT": ("before", "after"),
+    "TEST.METRIC": ("cosine", "euclidean"),
 }
 
 

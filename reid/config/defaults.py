@@ -120,8 +120,19 @@ _C.TEST.WEIGHT = ""
 _C.TEST.EVAL_PERIOD = 10
 # Test feature: "before" or "after" the BNNeck.
 _C.TEST.NECK_FEAT = "after"
-# L2-normalise test features (cosine distance).
+# L2-normalise test features.
 _C.TEST.FEAT_NORM = True
+# Average each image's features with those of its horizontal mirror.
+_C.TEST.FLIP = False
+# Gallery ranking distance: "cosine" or "euclidean".
+_C.TEST.METRIC = "cosine"
+# k-reciprocal re-ranking (Zhong et al. 2017) and its parameters.
+_C.TEST.RE_RANKING = False
+_C.TEST.RERANK_K1 = 20
+_C.TEST.RERANK_K2 = 6
+_C.TEST.RERANK_LAMBDA = 0.3
+# tools/test.py: save ranked-list images of this many queries and a CMC curve (0 disables).
+_C.TEST.VISUALIZE_QUERIES = 0
 
 
 def get_default_cfg() -> CN:

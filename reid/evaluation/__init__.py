@@ -1,6 +1,19 @@
 """Evaluation: ranking metrics (pure functions), feature extraction, reports."""
 
-from reid.evaluation.evaluator import evaluate_model, extract_features
+from reid.evaluation.evaluator import (
+    RerankOptions,
+    build_eval_options,
+    evaluate_model,
+    extract_features,
+    rank_gallery,
+)
 from reid.evaluation.metrics import evaluate_rank
 
-__all__ = ["evaluate_model", "evaluate_rank", "extract_features"]
+__all__ = [
+    "RerankOptions",
+    "build_eval_options",
+    "evaluate_model",
+    "evaluate_rank",
+    "extract_features",
+    "rank_gallery",
+]
