@@ -48,7 +48,7 @@ class FeatureExtractor:
     with gradients off. Features are what evaluation ranks with: ``TEST.NECK_FEAT``
     selects the feature, and rows are L2-normalised when ``TEST.FEAT_NORM`` is True.
 
-    With ``TEST.FLIP`` True (a config tree without that key means False), each image's
+    With ``TEST.FLIP`` True, each image's
     feature is the mean of the model's features of the image and of its horizontal
     mirror, re-normalised when ``TEST.FEAT_NORM``. The batch step is evaluation's own
     :func:`reid.evaluation.evaluator.embed`, so deployed features are exactly the ones
@@ -80,7 +80,7 @@ class FeatureExtractor:
         self.cfg, weights = _resolve_config_and_weights(config_or_run_dir, weights)
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        self.flip = bool(self.cfg.TEST.get("FLIP", False))
+        self.flip = self.cfg.TEST.FLIP
         self.transform = build_test_transform(
             self.cfg.INPUT.SIZE_TEST, self.cfg.INPUT.PIXEL_MEAN, self.cfg.INPUT.PIXEL_STD
         )

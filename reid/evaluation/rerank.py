@@ -136,14 +136,7 @@ def re_ranking(
         raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
-    query = _as_tensor(query_feats, "query_feats")
-    gallery = _as_tensor(gallery_feats, "gallery_feats")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"feature sizes differ: query {tuple(query.shape)}, gallery {tuple(gallery.shape)}"
-        )
-    if device is None:
-        device = query_feats.device if isinstance(query_feats, torch.Tensor) else "cpu"
+    query, gallery, device = _query_and_gallery(query_feats, gallery_feats, device)
     num_query, num_gallery = query.shape[0], gallery.shape[0]
     num_all = num_query + num_gallery
     out = np.empty((num_query, num_gallery), dtype=np.float32)
@@ -233,14 +226,7 @@ def alpha_query_expansion(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    query = _as_tensor(query_feats, "query_feats")
-    gallery = _as_tensor(gallery_feats, "gallery_feats")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"feature sizes differ: query {tuple(query.shape)}, gallery {tuple(gallery.shape)}"
-        )
-    if device is None:
-        device = query_feats.device if isinstance(query_feats, torch.Tensor) else "cpu"
+    query, gallery, device = _query_and_gallery(query_feats, gallery_feats, device)
     query = F.normalize(query.to(device=device, dtype=torch.float32), dim=1)
     gallery = F.normalize(gallery.to(device=device, dtype=torch.float32), dim=1)
     if expand_gallery and k > 1 and len(gallery) > 0:
@@ -647,6 +633,24 @@ def _weighted_neighbour_sum(
             summed += chunk
         out[s : s + block_size] = F.normalize(summed, dim=1)
     return out
+
+
+def _query_and_gallery(
+    query_feats: np.ndarray | torch.Tensor,
+    gallery_feats: np.ndarray | torch.Tensor,
+    device: str | torch.device | None,
+) -> tuple[torch.Tensor, torch.Tensor, str | torch.device]:
+    """Checked (Q, D) and (G, D) tensors, and the device to compute on (default: the
+    query tensor's, else the CPU)."""
+    query = _as_tensor(query_feats, "query_feats")
+    gallery = _as_tensor(gallery_feats, "gallery_feats")
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"feature sizes differ: query {tuple(query.shape)}, gallery {tuple(gallery.shape)}"
+        )
+    if device is None:
+        device = query_feats.device if isinstance(query_feats, torch.Tensor) else "cpu"
+    return query, gallery, device
 
 
 def _as_tensor(feats: FeatureArray, name: str) -> torch.Tensor:
