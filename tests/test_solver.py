@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from reid.config import load_cfg
+from reid.solver import build_scheduler, make_optimizer, warmup_factor
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [(0, 0.01), (5, 0.01 + 0.99 * 0.5), (10, 1.0), (39.9, 1.0), (40, 0.1), (69, 0.1), (70, 0.01)],
+)
+def test_bag_of_tricks_warmup_multistep(epoch: float, expected: float) -> None:
+    factor = warmup_factor(epoch, 10, 0.01, "multistep", steps=(40, 70), gamma=0.1)
+    assert factor == pytest.approx(expected)
+
+
+def test_cosine_after_warmup() -> None:
+    assert warmup_factor(2, 2, 0.1, "cosine", max_epochs=12) == pytest.approx(1.0)
+    assert warmup_factor(7, 2, 0.1, "cosine", max_epochs=12) == pytest.approx(0.5)
+    assert warmup_factor(12, 2, 0.1, "cosine", max_epochs=12) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_factor(4.5, 2, 0.1, "cosine", max_epochs=12) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 2.5 / 10))
+    )
+
+
+def test_scheduler_steps_per_iteration() -> None:
+    cfg = load_cfg(opts=["SOLVER.WARMUP_EPOCHS", "2", "SOLVER.STEPS", "[3]"])
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(cfg, optimizer, iters_per_epoch=4)
+    lrs = []
+    for _ in range(16):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[1] == pytest.approx(0.01 + 0.99 * 0.125)  # a quarter of the first epoch
+    assert lrs[8:12] == pytest.approx([1.0] * 4)
+    assert lrs[12:] == pytest.approx([0.1] * 4)
+
+
+def test_parameter_groups_bias_lr_and_decay_and_frozen_parameters() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model[1].bias.requires_grad_(False)  # a BNNeck-style frozen bias
+    optimizer = make_optimizer(
+        list(model.named_parameters()),
+        name="sgd",
+        lr=0.1,
+        weight_decay=5e-4,
+        bias_lr_factor=2.0,
+        weight_decay_bias=0.0,
+    )
+    weights, biases = optimizer.param_groups
+    assert {id(p) for p in weights["params"]} == {id(model[0].weight), id(model[1].weight)}
+    assert [id(p) for p in biases["params"]] == [id(model[0].bias)]
+    assert (weights["lr"], weights["weight_decay"]) == (0.1, 5e-4)
+    assert (biases["lr"], biases["weight_decay"]) == (0.2, 0.0)
+    assert isinstance(optimizer, torch.optim.SGD)
+    adam = make_optimizer(list(model.named_parameters()), name="adam")
+    assert isinstance(adam, torch.optim.Adam)
