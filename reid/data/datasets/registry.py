@@ -1,0 +1,5 @@
+"""The dataset registry: name -> ``factory(root, **options) -> ReidDataset``."""
+
+from reid.registry import Registry
+
+DATASETS = Registry("dataset")
