@@ -12,6 +12,7 @@ from reid.config.defaults import get_default_cfg
 from reid.data.datasets import DATASETS
 from reid.errors import ReidError, UnknownNameError
 from reid.models.backbones import BACKBONES
+from reid.models.heads import POOLINGS
 
 __all__ = ["ConfigError", "config_differences", "get_default_cfg", "load_cfg"]
 
@@ -24,7 +25,6 @@ class ConfigError(ReidError):
 # against the live registries in _check_choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "MODEL.POOLING": ("avg", "max", "gem"),
     "SOLVER.OPTIMIZER": ("adam", "sgd"),
     "SOLVER.SCHEDULER": ("multistep", "cosine"),
     "TEST.NECK_FEAT": ("before", "after"),
@@ -162,6 +162,7 @@ def _check(cfg: CN) -> None:
     choices = dict(CHOICES)
     choices["DATASETS.NAME"] = tuple(DATASETS.names())
     choices["MODEL.BACKBONE"] = tuple(BACKBONES.names())
+    choices["MODEL.POOLING"] = tuple(POOLINGS.names())
     for key, allowed in choices.items():
         value = _get(cfg, key)
         if value not in allowed:
