@@ -61,7 +61,12 @@ def market_folder(root: str | Path) -> ReidDataset:
 @DATASETS.register("market1501")
 def market1501(root: str | Path) -> ReidDataset:
     """Market-1501 (Zheng et al. 2015): 751 train / 750 test identities, 6 cameras."""
-    usual = ("Market-1501-v15.09.15", "Market-1501", "market1501", "market1501/Market-1501-v15.09.15")
+    usual = (
+        "Market-1501-v15.09.15",
+        "Market-1501",
+        "market1501",
+        "market1501/Market-1501-v15.09.15",
+    )
     return read_market_layout("market1501", find_dataset_dir(root, usual, SPLIT_DIRS["train"]))
 
 

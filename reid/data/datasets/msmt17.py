@@ -42,7 +42,8 @@ def parse_msmt_list(list_file: Path, image_dir: Path) -> list[Record]:
 @DATASETS.register("msmt17")
 def msmt17(root: str | Path) -> ReidDataset:
     """MSMT17 V1 or V2: 1,041 train identities (list_train + list_val), 3,060 test, 15 cameras."""
-    folder = find_dataset_dir(root, ("MSMT17_V1", "MSMT17_V2", "MSMT17", "msmt17"), "list_query.txt")
+    usual = ("MSMT17_V1", "MSMT17_V2", "MSMT17", "msmt17")
+    folder = find_dataset_dir(root, usual, "list_query.txt")
     train_dir, test_dir = next(
         ((folder / a, folder / b) for a, b in _IMAGE_DIRS if (folder / a).is_dir()),
         (folder / "train", folder / "test"),

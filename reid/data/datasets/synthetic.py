@@ -19,8 +19,10 @@ def synthetic(
             which one is generated per (num_identities, num_cameras, seed).
     """
     root = Path(root)
-    folder = root if (root / MANIFEST).is_file() else root / (
-        f"synthetic-{num_identities}ids-{num_cameras}cams-seed{seed}"
+    folder = (
+        root
+        if (root / MANIFEST).is_file()
+        else root / (f"synthetic-{num_identities}ids-{num_cameras}cams-seed{seed}")
     )
     generate_synthetic(folder, num_identities=num_identities, num_cameras=num_cameras, seed=seed)
     return read_market_layout("synthetic", folder)
