@@ -19,10 +19,8 @@ def synthetic(
             which one is generated per (num_identities, num_cameras, seed).
     """
     root = Path(root)
-    folder = (
-        root
-        if (root / MANIFEST).is_file()
-        else root / (f"synthetic-{num_identities}ids-{num_cameras}cams-seed{seed}")
-    )
+    folder = root / f"synthetic-{num_identities}ids-{num_cameras}cams-seed{seed}"
+    if (root / MANIFEST).is_file():  # root is itself a generated set
+        folder = root
     generate_synthetic(folder, num_identities=num_identities, num_cameras=num_cameras, seed=seed)
     return read_market_layout("synthetic", folder)
