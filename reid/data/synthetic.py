@@ -33,6 +33,7 @@ import PIL
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from reid.data.layout import MARKET_SPLIT_DIRS
 from reid.errors import ReidError
 
 __all__ = ["GENERATOR_VERSION", "MANIFEST", "generate_synthetic"]
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump whenever the pixels change: old folders then fail loudly
 MANIFEST = "synthetic.json"
-SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
+# The folders the Market parser reads, in the order train, query, gallery.
+SPLIT_DIRS = tuple(MARKET_SPLIT_DIRS.values())
 IMAGE_HEIGHT, IMAGE_WIDTH = 128, 64
 _SCALE = 2
 _JPEG_QUALITY = 90
