@@ -24,10 +24,9 @@ from yacs.config import CfgNode
 from reid.config import load_cfg
 from reid.data.image_dataset import read_image
 from reid.data.transforms import build_test_transform
-from reid.engine.checkpoint import checkpoint_num_classes, load_checkpoint, load_model_weights
+from reid.engine.checkpoint import build_trained_model
 from reid.errors import ReidError
 from reid.evaluation.evaluator import embed
-from reid.models import build_model
 from reid.utils.env import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -85,11 +84,7 @@ class FeatureExtractor:
             self.cfg.INPUT.SIZE_TEST, self.cfg.INPUT.PIXEL_MEAN, self.cfg.INPUT.PIXEL_STD
         )
 
-        state = load_checkpoint(weights)
-        num_classes = checkpoint_num_classes(state["model"], str(weights))
-        model = build_model(self.cfg, num_classes=num_classes, load_pretrained_weights=False)
-        load_model_weights(model, state["model"], source=str(weights))
-        self.model = model.to(self.device).eval()
+        self.model = build_trained_model(self.cfg, weights).to(self.device).eval()
         self.weights = Path(weights)
         logger.info(
             "feature extractor: %s from %s on %s (D=%d, flip=%s)",

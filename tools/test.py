@@ -9,12 +9,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from reid.config import load_cfg
 from reid.data import build_dataset, build_test_loader
-from reid.engine.checkpoint import checkpoint_num_classes, load_checkpoint, load_model_weights
+from reid.engine.checkpoint import build_trained_model
 from reid.errors import ReidError
 from reid.evaluation import build_eval_options, extract_features, rank_gallery
 from reid.evaluation.evaluator import gallery_distances, summarize
 from reid.evaluation.report import format_results, write_metrics
-from reid.models import build_model
 from reid.utils.cli import run_cli
 from reid.utils.env import resolve_device
 from reid.utils.logging import setup_logging
@@ -32,15 +31,10 @@ def main() -> None:
         raise ReidError("no checkpoint to evaluate: pass TEST.WEIGHT path/to/best.pth")
     setup_logging(cfg.OUTPUT_DIR)
     device = resolve_device(cfg.MODEL.DEVICE)
-    state = load_checkpoint(cfg.TEST.WEIGHT)
+    model = build_trained_model(cfg, cfg.TEST.WEIGHT)
 
     dataset = build_dataset(cfg)
     test_loader, num_query = build_test_loader(cfg, dataset)
-    # The classifier size comes from the checkpoint: a model trained on one dataset
-    # may be evaluated on another.
-    num_classes = checkpoint_num_classes(state["model"], cfg.TEST.WEIGHT)
-    model = build_model(cfg, num_classes=num_classes, load_pretrained_weights=False)
-    load_model_weights(model, state["model"], source=cfg.TEST.WEIGHT)
 
     options = build_eval_options(cfg)
     feats, pids, camids = extract_features(model.to(device), test_loader, device, options["flip"])

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from yacs.config import CfgNode
 
 from reid.errors import ReidError
+from reid.models import ReidModel, build_model
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -67,3 +69,20 @@ def checkpoint_num_classes(weights: dict[str, torch.Tensor], source: str) -> int
     if len(rows) != 1:
         raise ReidError(f"{source} holds no classifier weight; is it a reid checkpoint?")
     return rows[0]
+
+
+def build_trained_model(cfg: CfgNode, weights: str | Path) -> ReidModel:
+    """The model of ``cfg`` with a checkpoint's weights, for evaluation or deployment.
+
+    The classifier size comes from the checkpoint, so a model trained on one
+    dataset can be evaluated on another; ``MODEL.PRETRAINED`` is skipped since
+    every weight is overwritten.
+
+    Raises:
+        ReidError: a missing or unreadable checkpoint, or one of another model.
+    """
+    state = load_checkpoint(weights)
+    num_classes = checkpoint_num_classes(state["model"], str(weights))
+    model = build_model(cfg, num_classes=num_classes, load_pretrained_weights=False)
+    load_model_weights(model, state["model"], source=str(weights))
+    return model
