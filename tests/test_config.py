@@ -57,6 +57,29 @@ def test_integer_accepted_for_a_float_key() -> None:
     assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
 
 
+def test_scientific_notation_for_float_keys(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-3 (no dot) as a string; float keys take it as the number."""
+    cfg = load_cfg(opts=["SOLVER.BASE_LR", "1e-3", "INPUT.PIXEL_MEAN", "[5e-1, 0.5, 1E-1]"])
+    assert cfg.SOLVER.BASE_LR == 0.001 and cfg.INPUT.PIXEL_MEAN == [0.5, 0.5, 0.1]
+    cfg = load_cfg(_yaml(tmp_path, "SOLVER:\n  BASE_LR: 3.5e-4\n  WEIGHT_DECAY: 5e-4\n"))
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY) == (0.00035, 0.0005)
+
+
+def test_yaml_key_without_value_and_empty_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"SOLVER.BASE_LR \(.*cfg.yml\) has no value; expected"):
+        load_cfg(_yaml(tmp_path, "SOLVER:\n  BASE_LR:\n"))
+    assert load_cfg(_yaml(tmp_path, "SOLVER:\n")).SOLVER.BASE_LR == 3.5e-4  # empty: no change
+
+
+def test_unreadable_config_files_are_one_line(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yml"
+    latin1.write_bytes("OUTPUT_DIR: r\xe9sultats\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yml is not UTF-8 text"):
+        load_cfg(latin1)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_cfg(tmp_path)  # a folder
+
+
 @pytest.mark.parametrize(
     ("opts", "message"),
     [
@@ -72,7 +95,26 @@ def test_integer_accepted_for_a_float_key() -> None:
         (["DATASETS.NAME", "market"], r"DATASETS.NAME must be one of .*market1501"),
         (["INPUT.SIZE_TRAIN", "[256]"], r"INPUT.SIZE_TRAIN must be \[H, W\]"),
         (["SOLVER.IMS_PER_BATCH", "30"], r"multiple of DATALOADER.NUM_INSTANCES"),
-        (["SOLVER.MAX_EPOCHS"], r"KEY VALUE pairs"),
+        (["SOLVER.MAX_EPOCHS"], r"no value given for SOLVER.MAX_EPOCHS"),
+        (["SOLVER.MAX_EPOCHS", "SOLVER.BASE_LR", "0.1"], r"no value given for SOLVER.MAX_EPOCHS"),
+        (["SOLVER.BASE_LR", "nan"], r"SOLVER.BASE_LR .* must be a finite number"),
+        (["SOLVER.BASE_LR", "0"], r"SOLVER.BASE_LR must be > 0; got 0.0"),
+        (["SOLVER.BASE_LR", "fast"], r"SOLVER.BASE_LR .* must be a finite number.*got 'fast'"),
+        (["SOLVER.WARMUP_EPOCHS", "-1"], r"SOLVER.WARMUP_EPOCHS must be >= 0; got -1"),
+        (["INPUT.PADDING", "-4"], r"INPUT.PADDING must be >= 0; got -4"),
+        (["INPUT.PIXEL_STD", "[0.2, 0, 0.2]"], r"INPUT.PIXEL_STD must be positive"),
+        (["SEED", "-1"], r"SEED must be in \[0, 2\*\*32\)"),
+        (["SOLVER.MOMENTUM", "1"], r"SOLVER.MOMENTUM must be in \[0, 1\)"),
+        (["SOLVER.STEPS", "[70, 40]"], r"SOLVER.STEPS must be epochs >= 0 in increasing order"),
+        (["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCES", "4"], r"P >= 2 identities"),
+        (["DATALOADER.NUM_INSTANCES", "1"], r"no positives: expected K >= 2"),
+        (["LOSS.CE_WEIGHT", "0", "LOSS.TRIPLET_WEIGHT", "0"], r"expected at least one > 0"),
+        (["LOSS.LABEL_SMOOTH", "1"], r"LOSS.LABEL_SMOOTH must be in \[0, 1\)"),
+        (["TEST.RERANK_LAMBDA", "1.5"], r"TEST.RERANK_LAMBDA must be in \[0, 1\]"),
+        (["TEST.RERANK_K1", "0"], r"TEST.RERANK_K1 must be >= 1"),
+        (["DATASETS.SYNTHETIC.NUM_CAMERAS", "12"], r"NUM_CAMERAS must be in \[2, 9\]"),
+        (["OUTPUT_DIR", "''"], r"OUTPUT_DIR is empty"),
+        (["SOLVER", "3"], r"SOLVER \(command line\) is a section; set its keys"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(opts: list[str], message: str) -> None:

@@ -1,7 +1,8 @@
 """Configuration: the defaults tree, YAML + command-line merging, validation."""
 
 import difflib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +51,36 @@ def load_cfg(path: str | Path | None = None, opts: Sequence[str] = ()) -> CN:
     cfg = get_default_cfg()
     if path is not None:
         _merge(cfg, _flatten(_read_yaml(Path(path))), source=str(path))
-    if len(opts) % 2:
-        raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd count: {list(opts)}")
-    overrides = {
-        key: _parse_value(key, value) for key, value in zip(opts[::2], opts[1::2], strict=True)
-    }
-    _merge(cfg, overrides, source="command line")
+    _merge(cfg, _pair_overrides(opts, _all_keys(cfg)), source="command line")
     _check(cfg)
     cfg.freeze()
     return cfg
+
+
+def _pair_overrides(opts: Sequence[str], keys: list[str]) -> dict[str, Any]:
+    """``[KEY, VALUE, ...]`` as ``{KEY: parsed VALUE}``; a key without a value is named."""
+    overrides: dict[str, Any] = {}
+    tokens = list(opts)
+    for index in range(0, len(tokens), 2):
+        key = tokens[index]
+        value = tokens[index + 1] if index + 1 < len(tokens) else None
+        if value is None or value in keys:
+            raise ConfigError(
+                f"no value given for {key} (command line); overrides are KEY VALUE pairs"
+            )
+        overrides[key] = _parse_value(key, value)
+    return overrides
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); expected YAML") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -108,6 +123,14 @@ def _merge(cfg: CN, flat: dict[str, Any], source: str) -> None:
     valid = _all_keys(cfg)
     for key, value in flat.items():
         if key not in valid:
+            section = _get(cfg, key) if _is_section(cfg, key) else None
+            if section is not None:
+                if value is None:  # an empty section in a YAML file: nothing to change
+                    continue
+                raise ConfigError(
+                    f"{key} ({source}) is a section; set its keys, such as {key}."
+                    f"{next(iter(section))}"
+                )
             close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UnknownNameError(f"unknown config key {key} ({source}){hint}")
@@ -118,24 +141,51 @@ def _merge(cfg: CN, flat: dict[str, Any], source: str) -> None:
         node[leaf] = _coerce(key, value, node[leaf], source)
 
 
+def _is_section(cfg: CN, key: str) -> bool:
+    try:
+        return isinstance(_get(cfg, key), CN)
+    except (KeyError, TypeError):
+        return False
+
+
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Returns ``value`` converted to the default's type, or raises ConfigError."""
+    example = f" such as {default!r}" if default not in ("", []) else ""
+    if value is None:
+        raise ConfigError(f"{key} ({source}) has no value; expected {_type_name(default)}{example}")
     expected = type(default)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        value = _as_float(value)
+        ok = isinstance(value, float) and math.isfinite(value)
     elif isinstance(default, list | tuple):
-        ok = isinstance(value, list | tuple) and _same_element_kind(value, default)
+        ok = isinstance(value, list | tuple)
+        if ok and default and all(isinstance(d, float) for d in default):
+            value = [_as_float(v) for v in value]
+            ok = all(isinstance(v, float) and math.isfinite(v) for v in value)
+        ok = ok and _same_element_kind(value, default)
         value = list(value) if ok else value
     else:
         ok = isinstance(value, expected)
     if not ok:
-        example = f" such as {default!r}" if default not in ("", []) else ""
         raise ConfigError(f"{key} ({source}) must be {_type_name(default)}{example}, got {value!r}")
+    return value
+
+
+def _as_float(value: Any) -> Any:
+    """Numbers and numeric strings as float (YAML reads ``1e-3``, without a dot, as text)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
 
 
@@ -153,7 +203,7 @@ def _type_name(default: Any) -> str:
         return "a boolean (true/false)"
     if isinstance(default, list | tuple):
         return "a list"
-    names = {int: "an integer", float: "a number", str: "a string"}
+    names = {int: "an integer", float: "a finite number", str: "a string"}
     return names.get(type(default), type(default).__name__)
 
 
@@ -168,6 +218,9 @@ def _check(cfg: CN) -> None:
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
 
+    for key, (allowed, text) in RANGES.items():
+        if not allowed(_get(cfg, key)):
+            raise ConfigError(f"{key} must be {text}; got {_get(cfg, key)}")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
         size = _get(cfg, key)
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
@@ -175,24 +228,81 @@ def _check(cfg: CN) -> None:
     for key in ("INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD"):
         if len(_get(cfg, key)) != 3:
             raise ConfigError(f"{key} must list 3 values (R, G, B); got {_get(cfg, key)}")
-    for key in ("INPUT.FLIP_PROB", "INPUT.RE_PROB"):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"{key} must be a probability in [0, 1]; got {_get(cfg, key)}")
+    if min(cfg.INPUT.PIXEL_STD) <= 0:
+        raise ConfigError(f"INPUT.PIXEL_STD must be positive; got {cfg.INPUT.PIXEL_STD}")
+    steps = cfg.SOLVER.STEPS
+    if any(step < 0 for step in steps) or list(steps) != sorted(steps):
+        raise ConfigError(f"SOLVER.STEPS must be epochs >= 0 in increasing order; got {steps}")
+    if not cfg.OUTPUT_DIR.strip():
+        raise ConfigError("OUTPUT_DIR is empty; expected a folder for the run's files")
 
     k, batch = cfg.DATALOADER.NUM_INSTANCES, cfg.SOLVER.IMS_PER_BATCH
-    if k < 1 or batch < k or batch % k:
+    if batch < k or batch % k:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH ({batch}) must be a positive multiple of "
             f"DATALOADER.NUM_INSTANCES ({k}): a batch is P identities x K images"
         )
-    if cfg.MODEL.LAST_STRIDE not in (1, 2):
-        raise ConfigError(f"MODEL.LAST_STRIDE must be 1 or 2; got {cfg.MODEL.LAST_STRIDE}")
-    positive = ("SOLVER.MAX_EPOCHS", "SOLVER.BASE_LR", "TEST.IMS_PER_BATCH", "TEST.EVAL_PERIOD")
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive; got {_get(cfg, key)}")
-    if cfg.DATALOADER.NUM_WORKERS < 0:
-        raise ConfigError(f"DATALOADER.NUM_WORKERS must be >= 0; got {cfg.DATALOADER.NUM_WORKERS}")
+    if batch // k < 2:
+        raise ConfigError(
+            f"a batch of SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCES = {batch // k} identity "
+            "has no negatives: expected P >= 2 identities per batch"
+        )
+    if k < 2 and cfg.LOSS.TRIPLET_WEIGHT > 0:
+        raise ConfigError(
+            "DATALOADER.NUM_INSTANCES 1 gives the triplet loss no positives: expected K >= 2 "
+            "images per identity, or LOSS.TRIPLET_WEIGHT 0"
+        )
+    loss_weights = ("LOSS.CE_WEIGHT", "LOSS.TRIPLET_WEIGHT", "LOSS.CENTER_WEIGHT")
+    if not any(_get(cfg, key) > 0 for key in loss_weights):
+        raise ConfigError(f"all of {', '.join(loss_weights)} are 0; expected at least one > 0")
+
+
+def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda value: value >= low), f">= {low}"
+
+
+def _between(low: float, high: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda value: low <= value <= high), f"in [{low}, {high}]"
+
+
+_POSITIVE: tuple[Callable[[float], bool], str] = ((lambda value: value > 0), "> 0")
+_SEED = ((lambda value: 0 <= value < 2**32), "in [0, 2**32)")
+
+# The allowed values of each numeric key, with their description for the error.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "SEED": _SEED,
+    "MODEL.LAST_STRIDE": _between(1, 2),
+    "INPUT.FLIP_PROB": _between(0, 1),
+    "INPUT.RE_PROB": _between(0, 1),
+    "INPUT.PADDING": _at_least(0),
+    "DATASETS.SYNTHETIC.NUM_IDENTITIES": _at_least(2),
+    "DATASETS.SYNTHETIC.NUM_CAMERAS": _between(2, 9),
+    "DATASETS.SYNTHETIC.SEED": _SEED,
+    "DATALOADER.NUM_WORKERS": _at_least(0),
+    "DATALOADER.NUM_INSTANCES": _at_least(1),
+    "SOLVER.MAX_EPOCHS": _at_least(1),
+    "SOLVER.BASE_LR": _POSITIVE,
+    "SOLVER.BIAS_LR_FACTOR": _at_least(0),
+    "SOLVER.MOMENTUM": ((lambda value: 0 <= value < 1), "in [0, 1)"),
+    "SOLVER.WEIGHT_DECAY": _at_least(0),
+    "SOLVER.WEIGHT_DECAY_BIAS": _at_least(0),
+    "SOLVER.IMS_PER_BATCH": _at_least(2),
+    "SOLVER.GAMMA": _POSITIVE,
+    "SOLVER.WARMUP_FACTOR": _between(0, 1),
+    "SOLVER.WARMUP_EPOCHS": _at_least(0),
+    "SOLVER.CENTER_LR": _POSITIVE,
+    "LOSS.CE_WEIGHT": _at_least(0),
+    "LOSS.LABEL_SMOOTH": ((lambda value: 0 <= value < 1), "in [0, 1)"),
+    "LOSS.TRIPLET_WEIGHT": _at_least(0),
+    "LOSS.TRIPLET_MARGIN": _at_least(0),
+    "LOSS.CENTER_WEIGHT": _at_least(0),
+    "TEST.IMS_PER_BATCH": _at_least(1),
+    "TEST.EVAL_PERIOD": _at_least(1),
+    "TEST.RERANK_K1": _at_least(1),
+    "TEST.RERANK_K2": _at_least(1),
+    "TEST.RERANK_LAMBDA": _between(0, 1),
+    "TEST.VISUALIZE_QUERIES": _at_least(0),
+}
 
 
 def _get(cfg: CN, key: str) -> Any:
