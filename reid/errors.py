@@ -14,3 +14,7 @@ class UnknownNameError(ReidError, KeyError):
 
     # KeyError quotes its message; keep the one-line text as written.
     __str__ = Exception.__str__
+
+
+class InputError(ReidError, ValueError):
+    """A bad argument to a public function (a ValueError), shown as one line by the tools."""

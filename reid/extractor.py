@@ -74,8 +74,8 @@ class FeatureExtractor:
         device: str = "auto",
         batch_size: int = 64,
     ) -> None:
-        if batch_size < 1:
-            raise ReidError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ReidError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.cfg, weights = _resolve_config_and_weights(config_or_run_dir, weights)
         self.batch_size = batch_size
         self.device = resolve_device(device)
@@ -140,6 +140,11 @@ def _resolve_config_and_weights(
     """The config tree and the checkpoint path that ``FeatureExtractor`` loads."""
     if isinstance(source, CfgNode):
         cfg = source
+    elif not isinstance(source, str | Path):
+        raise ReidError(
+            "FeatureExtractor takes a run directory, a config file or a config tree, "
+            f"got {type(source).__name__}"
+        )
     else:
         path = Path(source)
         if path.is_dir():

@@ -67,7 +67,7 @@ def _manual_features(run_dir: Path, paths: list[Path]) -> torch.Tensor:
     """The model run by hand on the test transform of each image."""
     cfg = load_cfg(run_dir / "config.yaml")
     model = build_model(cfg, num_classes=NUM_CLASSES, load_pretrained_weights=False)
-    model.load_state_dict(torch.load(run_dir / "best.pth", weights_only=False)["model"])
+    model.load_state_dict(torch.load(run_dir / "best.pth")["model"])
     transform = build_test_transform(cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
@@ -138,16 +138,21 @@ def test_run_dir_falls_back_to_last_pth(run_dir, tmp_path, pictures) -> None:
     [
         ({"weights": "missing.pth"}, "checkpoint not found"),
         ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size must be an integer"),
+        ({"device": "gpu"}, "unknown device 'gpu'"),
+        ({"device": "cuda:7"}, "cuda:7"),
     ],
 )
 def test_bad_construction_is_a_reid_error(run_dir, kwargs, message) -> None:
     with pytest.raises(ReidError, match=message):
-        FeatureExtractor(run_dir, device="cpu", **kwargs)
+        FeatureExtractor(run_dir, **{"device": "cpu", **kwargs})
 
 
 def test_missing_config_is_a_reid_error(tmp_path) -> None:
     with pytest.raises(ReidError, match="not found"):
         FeatureExtractor(tmp_path / "nowhere")
+    with pytest.raises(ReidError, match="got int"):
+        FeatureExtractor(3)
     with pytest.raises(ReidError, match="no weights"):
         FeatureExtractor(load_cfg(opts=OPTS))
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from reid.errors import InputError
 from reid.evaluation import metrics
-from reid.evaluation.metrics import evaluate_rank
+from reid.evaluation.metrics import check_gallery_matches, evaluate_rank
 
 # ---------------------------------------------------------------------------
 # Brute-force reference, written from the definitions
@@ -465,3 +466,25 @@ def test_nan_and_all_skipped_raise() -> None:
     assert evaluate_rank(with_nan, q_pids, g_pids, q_cams, g_cams)[1] == pytest.approx(41 / 60)
     with pytest.raises(ValueError, match="no query has a correct match"):
         evaluate_rank(dist, np.array([7, 8, 9]), g_pids, q_cams, g_cams)
+
+
+def test_check_gallery_matches_agrees_with_evaluation() -> None:
+    """The label-only pre-check raises exactly when evaluate_rank finds no valid query."""
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(200):
+        q_pids, g_pids = rng.integers(-1, 4, 3), rng.integers(-1, 4, 5)
+        q_cams, g_cams = rng.integers(0, 2, 3), rng.integers(0, 2, 5)
+        labels = (q_pids, g_pids, q_cams, g_cams)
+        try:
+            evaluate_rank(rng.random((3, 5)), *labels)
+            evaluable = True
+        except ValueError:
+            evaluable = False
+        if evaluable:
+            check_gallery_matches(*labels)
+        else:
+            with pytest.raises(InputError, match="no query has a correct match"):
+                check_gallery_matches(*labels)
+        outcomes.add(evaluable)
+    assert outcomes == {True, False}

@@ -62,6 +62,9 @@ def test_order_is_seeded_reshuffled_and_resumable() -> None:
     resumed = PKSampler(pids, batch_size=16, num_instances=4, seed=7)
     resumed.set_epoch(2)
     assert list(resumed) == epochs_a[2]
+    resumed.set_epoch(1, start_batch=3)  # mid-epoch
+    assert len(resumed) == len(epochs_a[1]) and list(resumed) == epochs_a[1][3:]
+    assert list(resumed) == epochs_a[2]  # the next epoch starts from its first batch
     other_seed = PKSampler(pids, batch_size=16, num_instances=4, seed=8)
     assert list(other_seed) != epochs_a[0]
 

@@ -1,12 +1,13 @@
 """Datasets and loaders from the config."""
 
 import logging
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
-from reid.data.datasets import DATASETS, ReidDataset
+from reid.data.datasets import DATASETS, DatasetError, ReidDataset
 from reid.data.image_dataset import ImageDataset
 from reid.data.sampler import PKSampler
 from reid.data.transforms import build_test_transform, build_train_transform
@@ -15,7 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 def build_dataset(cfg: CfgNode) -> ReidDataset:
-    """Parses ``DATASETS.NAME`` under ``DATASETS.ROOT`` and logs its statistics."""
+    """Parses ``DATASETS.NAME`` under ``DATASETS.ROOT`` and logs its statistics.
+
+    Raises:
+        DatasetError: ``DATASETS.ROOT`` is a file, or the dataset's own checks fail.
+    """
+    if Path(cfg.DATASETS.ROOT).is_file():
+        raise DatasetError(f"DATASETS.ROOT {cfg.DATASETS.ROOT} is a file; expected a folder")
     options = {}
     if cfg.DATASETS.NAME == "synthetic":
         synthetic = cfg.DATASETS.SYNTHETIC

@@ -33,5 +33,5 @@ def read_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except OSError as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot read image {path}: {err}") from None

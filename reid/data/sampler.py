@@ -42,6 +42,7 @@ class PKSampler(Sampler[list[int]]):
         self.num_instances = num_instances
         self.seed = seed
         self.epoch = 0
+        self.start_batch = 0
         indices_of = defaultdict(list)
         for index, pid in enumerate(pids):
             indices_of[pid].append(index)
@@ -53,17 +54,26 @@ class PKSampler(Sampler[list[int]]):
             )
         self._cache: tuple[int, list[list[np.ndarray]]] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch whose batches the next iteration yields."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Selects the epoch whose batches the next iteration yields.
+
+        Args:
+            epoch: 0-based epoch.
+            start_batch: skip the epoch's first batches, to resume mid-epoch; the next
+                iteration starts with batch ``start_batch`` of that epoch.
+        """
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches(self.epoch)
+        batches = self._batches(self.epoch)[self.start_batch :]
         self.epoch += 1
+        self.start_batch = 0
         for chunks in batches:
             yield np.concatenate(chunks).tolist()
 
     def __len__(self) -> int:
+        """Batches in the selected epoch, counting those ``start_batch`` skips."""
         return len(self._batches(self.epoch))
 
     def _batches(self, epoch: int) -> list[list[np.ndarray]]:

@@ -779,12 +779,39 @@ def generate_synthetic(
         return root
 
     start = time.perf_counter()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        counts = _draw(tmp, root, arguments, num_workers)
+    except OSError as err:
+        raise ReidError(
+            f"cannot write the synthetic dataset at {root}: {err.strerror or err}"
+        ) from None
+    if counts is None:
+        return root
+    train, query, gallery = (counts[split] for split in SPLIT_DIRS)
+    logger.info(
+        "Generated synthetic dataset at %s in %.1fs: train %d ids / %d images, query %d ids / "
+        "%d images, gallery %d ids / %d images (%d distractors, %d junk), %d cameras",
+        root, time.perf_counter() - start, train["identities"], train["images"],
+        query["identities"], query["images"], gallery["identities"], gallery["images"],
+        gallery["distractors"], gallery["junk"], num_cameras,
+    )  # fmt: skip
+    return root
+
+
+def _draw(tmp: Path, root: Path, arguments: dict, num_workers: int) -> dict | None:
+    """Draws the set into ``tmp`` and renames it to ``root``.
+
+    Returns:
+        The per-split counts, or None when another process wrote ``root`` first.
+    """
+    seed = arguments["seed"]
     try:
         for split in SPLIT_DIRS:
             (tmp / split).mkdir()
-        tasks = _plan_tasks(tmp, seed, _camera_styles(seed, num_cameras), num_identities)
+        styles = _camera_styles(seed, arguments["num_cameras"])
+        tasks = _plan_tasks(tmp, seed, styles, arguments["num_identities"])
         written: list[str] = []
         with tqdm(total=len(tasks), desc="drawing synthetic pedestrians", unit="task") as bar:
             if num_workers == 1:
@@ -818,15 +845,7 @@ def generate_synthetic(
             if not _is_complete(root, arguments):
                 raise
             logger.info("Synthetic dataset at %s was written by another process", root)
-            return root
+            return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    train, query, gallery = (counts[split] for split in SPLIT_DIRS)
-    logger.info(
-        "Generated synthetic dataset at %s in %.1fs: train %d ids / %d images, query %d ids / "
-        "%d images, gallery %d ids / %d images (%d distractors, %d junk), %d cameras",
-        root, time.perf_counter() - start, train["identities"], train["images"],
-        query["identities"], query["images"], gallery["identities"], gallery["images"],
-        gallery["distractors"], gallery["junk"], num_cameras,
-    )  # fmt: skip
-    return root
+    return counts

@@ -7,11 +7,12 @@ from reid.evaluation.evaluator import (
     extract_features,
     rank_gallery,
 )
-from reid.evaluation.metrics import evaluate_rank
+from reid.evaluation.metrics import check_gallery_matches, evaluate_rank
 
 __all__ = [
     "RerankOptions",
     "build_eval_options",
+    "check_gallery_matches",
     "evaluate_model",
     "evaluate_rank",
     "extract_features",

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reid.errors import InputError
 from reid.evaluation.metrics import (
     MarketRanker,
     _check_chunking,
@@ -95,7 +96,7 @@ def pairwise_distance(
         blocks that :func:`evaluate_features` ranks on the same device.
 
     Raises:
-        ValueError: on an unknown ``metric``, non-2-D or empty features, or feature
+        InputError (a ValueError): on an unknown ``metric``, non-2-D or empty features, or feature
             dims that differ between query and gallery.
     """
     query, gallery = _check_features(query_feats, gallery_feats, metric)
@@ -165,7 +166,7 @@ def evaluate_features(
         ``(cmc, mAP, mINP)``: ``cmc`` (max_rank,) float64; floats in [0, 1].
 
     Raises:
-        ValueError: on an unknown ``metric`` or ``ap``; non-2-D, empty, NaN/inf or
+        InputError (a ValueError): on an unknown ``metric`` or ``ap``; non-2-D, empty, NaN/inf or
             dim-mismatched features; pids/camids whose length differs from the
             feature rows; a bad ``max_rank``, ``chunk_size`` or ``num_workers``; or
             when no query has a correct match.
@@ -182,7 +183,7 @@ def evaluate_features(
     ):
         array = _label_array(name, value)
         if array.shape[0] != feats.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"{name} has length {array.shape[0]} but {feats_name} has {feats.shape[0]} rows"
             )
         labels.append(array)
@@ -330,11 +331,11 @@ def _check_features(
         sharing memory with the inputs where possible.
     """
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        raise InputError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     query = _as_tensor("query_feats", query_feats)
     gallery = _as_tensor("gallery_feats", gallery_feats)
     if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"query_feats has {query.shape[1]} dims but gallery_feats has {gallery.shape[1]}"
         )
     return query, gallery
@@ -344,7 +345,7 @@ def _check_finite(name: str, feats: torch.Tensor) -> None:
     """Raises ValueError if ``feats`` holds NaN or inf (scanned in slices, no full mask)."""
     for start in range(0, feats.shape[0], _SCAN_ROWS):
         if not bool(torch.isfinite(feats[start : start + _SCAN_ROWS]).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+            raise InputError(f"{name} contains NaN or inf")
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -355,21 +356,21 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
     """
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
-            raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
+            raise InputError(f"{name} must hold real numbers, got dtype {value.dtype}")
         # from_numpy rejects negative strides; a contiguous array is used in place.
         tensor = torch.from_numpy(np.ascontiguousarray(value))
     elif isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.is_complex():
-            raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
+            raise InputError(f"{name} must hold real numbers, got dtype {value.dtype}")
         tensor = value.detach()
     else:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a numpy array or torch tensor, got {type(value).__name__}"
         )
     if tensor.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (num_items, dim), got shape {tuple(tensor.shape)}")
+        raise InputError(f"{name} must be 2-D (num_items, dim), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}")
+        raise InputError(f"{name} is empty: shape {tuple(tensor.shape)}")
     return tensor
 
 
@@ -382,5 +383,5 @@ def _resolve_device(
         return on_cuda[0] if on_cuda else torch.device("cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(resolved)!r} requested but CUDA is not available")
+        raise InputError(f"device {str(resolved)!r} requested but CUDA is not available")
     return resolved

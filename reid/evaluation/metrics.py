@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from reid.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +161,13 @@ def evaluate_rank(
         the top ``k``; ``mAP`` and ``mINP`` are floats. All values lie in [0, 1].
 
     Raises:
-        ValueError: on mismatched shapes, an unknown ``ap`` or ``protocol``, a
+        InputError (a ValueError): on mismatched shapes, an unknown ``ap`` or ``protocol``, a
             ``max_rank``, ``chunk_size`` or ``num_workers`` below 1, NaN distances,
             or when no query has a correct match.
     """
     _check_summary_options(max_rank, ap)
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        raise InputError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     _check_chunking(chunk_size, num_workers)
     labels = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     q_pids_np, g_pids_np, q_cams_np, g_cams_np = labels
@@ -185,32 +188,29 @@ def evaluate_rank(
 def _check_summary_options(max_rank: int, ap: str) -> None:
     """Raises ValueError for an unknown ``ap`` or a ``max_rank`` below 1."""
     if ap not in AP_CONVENTIONS:
-        raise ValueError(f"unknown ap {ap!r}; valid: {', '.join(AP_CONVENTIONS)}")
+        raise InputError(f"unknown ap {ap!r}; valid: {', '.join(AP_CONVENTIONS)}")
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+        raise InputError(f"max_rank must be a positive integer, got {max_rank!r}")
 
 
 def _check_chunking(chunk_size: int | None, num_workers: int | None) -> None:
     """Raises ValueError for a ``chunk_size`` or ``num_workers`` below 1."""
     for name, value in (("chunk_size", chunk_size), ("num_workers", num_workers)):
         if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1 or None, got {value}")
+            raise InputError(f"{name} must be >= 1 or None, got {value}")
 
 
 def _valid_queries(stats: _PerQuery) -> np.ndarray:
     """(num_query,) bool mask of the queries with a correct match; warns about the rest.
 
     Raises:
-        ValueError: when no query has a correct match.
+        InputError (a ValueError): when no query has a correct match.
     """
     valid = stats.num_pos > 0
     num_valid = int(valid.sum())
     num_query = valid.size
     if num_valid == 0:
-        raise ValueError(
-            f"no query has a correct match in the gallery (all {num_query} queries skipped): "
-            "check that query and gallery pids/camids belong to the same dataset split"
-        )
+        raise InputError(_no_match_message(num_query))
     if num_valid < num_query:
         logger.warning(
             "%d of %d queries have no correct match in the gallery and were skipped",
@@ -218,6 +218,51 @@ def _valid_queries(stats: _PerQuery) -> np.ndarray:
             num_query,
         )
     return valid
+
+
+def _no_match_message(num_query: int) -> str:
+    return (
+        f"no query has a correct match in the gallery (all {num_query} queries skipped): "
+        "check that query and gallery pids/camids belong to the same dataset split"
+    )
+
+
+def check_gallery_matches(
+    q_pids: np.ndarray | torch.Tensor,
+    g_pids: np.ndarray | torch.Tensor,
+    q_camids: np.ndarray | torch.Tensor,
+    g_camids: np.ndarray | torch.Tensor,
+) -> None:
+    """Checks from the labels alone that evaluation will find a correct match.
+
+    A query has one when the gallery holds an item of its pid from another camera
+    (junk, pid -1, never matches), the filtering of :func:`evaluate_rank`. Cheap,
+    so training can check it before its first epoch.
+
+    Args:
+        q_pids, q_camids: (num_query,) query labels.
+        g_pids, g_camids: (num_gallery,) gallery labels.
+
+    Raises:
+        InputError (a ValueError): no query has a correct match.
+    """
+    q_pids, g_pids, q_camids, g_camids = (
+        _label_array(name, value).tolist()
+        for name, value in (
+            ("q_pids", q_pids),
+            ("g_pids", g_pids),
+            ("q_camids", q_camids),
+            ("g_camids", g_camids),
+        )
+    )
+    items = [(pid, cam) for pid, cam in zip(g_pids, g_camids, strict=True) if pid != JUNK_PID]
+    per_pid = Counter(pid for pid, _ in items)
+    per_pid_and_camera = Counter(items)
+    if not any(
+        pid != JUNK_PID and per_pid[pid] > per_pid_and_camera[(pid, cam)]
+        for pid, cam in zip(q_pids, q_camids, strict=True)
+    ):
+        raise InputError(_no_match_message(len(q_pids)))
 
 
 def _market_cmc(stats: _PerQuery, valid: np.ndarray, max_rank: int) -> np.ndarray:
@@ -248,7 +293,7 @@ def _label_array(name: str, value: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     array = np.asarray(value)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+        raise InputError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
     return array
 
 
@@ -262,11 +307,11 @@ def _check_inputs(
         num_query, num_gallery, num_query, num_gallery.
     """
     if not isinstance(distmat, (np.ndarray, torch.Tensor)):
-        raise ValueError(
+        raise InputError(
             f"distmat must be a numpy array or torch tensor, got {type(distmat).__name__}"
         )
     if distmat.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(distmat.shape)}"
         )
     if isinstance(distmat, torch.Tensor):
@@ -276,10 +321,10 @@ def _check_inputs(
             distmat.dtype, np.floating
         )
     if not is_real:
-        raise ValueError(f"distmat must hold real numbers, got dtype {distmat.dtype}")
+        raise InputError(f"distmat must hold real numbers, got dtype {distmat.dtype}")
     num_query, num_gallery = (int(n) for n in distmat.shape)
     if num_query == 0 or num_gallery == 0:
-        raise ValueError(f"distmat is empty: shape ({num_query}, {num_gallery})")
+        raise InputError(f"distmat is empty: shape ({num_query}, {num_gallery})")
 
     arrays = []
     for name, value, expected in (
@@ -290,7 +335,7 @@ def _check_inputs(
     ):
         array = _label_array(name, value)
         if array.shape[0] != expected:
-            raise ValueError(
+            raise InputError(
                 f"{name} has shape {tuple(array.shape)} but distmat has shape "
                 f"({num_query}, {num_gallery}): expected ({expected},)"
             )
@@ -437,7 +482,7 @@ def _chunk_stats(
     sorted_rows.sort(axis=1)
     # numpy sorts NaN last, so checking the last column finds any NaN in a row.
     if np.isnan(sorted_rows[:, -1]).any():
-        raise ValueError("distmat contains NaN among non-junk gallery items")
+        raise InputError("distmat contains NaN among non-junk gallery items")
 
     # From here on only the correct matches matter: flat arrays, one entry per match,
     # in row-major order, so each query's matches come in ranking order.
@@ -512,7 +557,7 @@ class MarketRanker:
                 0 = distractor) and cameras.
 
         Raises:
-            ValueError: when a label array is not 1-D or the query (gallery) pids
+            InputError (a ValueError): when a label array is not 1-D or the query (gallery) pids
                 and camids differ in length.
         """
         q_pids_np, g_pids_np = _label_array("q_pids", q_pids), _label_array("g_pids", g_pids)
@@ -522,7 +567,7 @@ class MarketRanker:
             ("g_pids", g_pids_np, "g_camids", g_cams),
         ):
             if pids.shape != cams.shape:
-                raise ValueError(
+                raise InputError(
                     f"{pids_name} has shape {pids.shape} but {cams_name} has shape {cams.shape}"
                 )
         self.num_query, self.num_gallery = q_pids_np.size, g_pids_np.size
@@ -547,17 +592,17 @@ class MarketRanker:
                 memory is about one copy of the block's kept columns.
 
         Raises:
-            ValueError: on a block of the wrong shape or outside the queries, or NaN
+            InputError (a ValueError): on a block of the wrong shape or outside the queries, or NaN
                 among the non-junk columns.
         """
         rows = _float_block(block)
         n = rows.shape[0] if rows.ndim == 2 else -1
         if rows.ndim != 2 or rows.shape[1] != self.num_gallery:
-            raise ValueError(
+            raise InputError(
                 f"block must have shape (n, {self.num_gallery}), got {tuple(rows.shape)}"
             )
         if start < 0 or start + n > self.num_query:
-            raise ValueError(
+            raise InputError(
                 f"block rows {start}:{start + n} fall outside the {self.num_query} queries"
             )
         if n == 0 or self.num_kept == 0:
@@ -619,7 +664,7 @@ class MarketRanker:
         """``(cmc, mAP, mINP)`` over the ranked queries, as :func:`evaluate_rank` returns.
 
         Raises:
-            ValueError: on a bad ``max_rank`` or ``ap``, or when no query has a
+            InputError (a ValueError): on a bad ``max_rank`` or ``ap``, or when no query has a
                 correct match.
         """
         _check_summary_options(max_rank, ap)

@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from reid.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 FeatureArray = np.ndarray | torch.Tensor
@@ -133,9 +135,9 @@ def re_ranking(
         (Q, G) float32 re-ranked distances (smaller is more similar).
     """
     if k1 < 1 or k2 < 1:
-        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+        raise InputError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+        raise InputError(f"lambda_value must be in [0, 1], got {lambda_value}")
     query, gallery, device = _query_and_gallery(query_feats, gallery_feats, device)
     num_query, num_gallery = query.shape[0], gallery.shape[0]
     num_all = num_query + num_gallery
@@ -225,7 +227,7 @@ def alpha_query_expansion(
         ``(query (Q, D), gallery (G, D))``: L2-normalised float32 tensors on the CPU.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     query, gallery, device = _query_and_gallery(query_feats, gallery_feats, device)
     query = F.normalize(query.to(device=device, dtype=torch.float32), dim=1)
     gallery = F.normalize(gallery.to(device=device, dtype=torch.float32), dim=1)
@@ -645,7 +647,7 @@ def _query_and_gallery(
     query = _as_tensor(query_feats, "query_feats")
     gallery = _as_tensor(gallery_feats, "gallery_feats")
     if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"feature sizes differ: query {tuple(query.shape)}, gallery {tuple(gallery.shape)}"
         )
     if device is None:
@@ -659,7 +661,7 @@ def _as_tensor(feats: FeatureArray, name: str) -> torch.Tensor:
         feats.detach() if isinstance(feats, torch.Tensor) else torch.from_numpy(np.asarray(feats))
     )
     if tensor.dim() != 2:
-        raise ValueError(f"{name} must be (N, D), got shape {tuple(tensor.shape)}")
+        raise InputError(f"{name} must be (N, D), got shape {tuple(tensor.shape)}")
     return tensor
 
 

@@ -16,9 +16,33 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; ``"cuda"`` without a GPU is an error."""
+    """The torch device for ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    ``"auto"`` picks cuda when available, else cpu.
+
+    Raises:
+        ReidError: an unknown name, or a device this machine does not have.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ReidError("MODEL.DEVICE is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
+    expected = "expected auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ReidError(f"unknown device {name!r}; {expected}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ReidError(
+                f"device {name!r} asked for but no CUDA device is available; use auto or cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise ReidError(
+                f"device {name!r} does not exist: this machine has {count} CUDA devices"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ReidError(f"device {name!r} asked for but MPS is not available; use auto or cpu")
+    elif device.type != "cpu":
+        raise ReidError(f"unsupported device {name!r}; {expected}")
+    return device

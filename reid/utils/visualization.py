@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from reid.data.datasets import Record
 from reid.data.image_dataset import read_image
+from reid.errors import InputError
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -87,20 +88,20 @@ def draw_ranked_lists(
         The written paths, named ``query_{index:04d}_pid{pid:04d}.png``, in query order.
 
     Raises:
-        ValueError: ``distmat`` not (Q, G), ``topk`` or ``max_queries`` below 1.
+        InputError (a ValueError): ``distmat`` not (Q, G), ``topk`` or ``max_queries`` below 1.
         reid.data.DatasetError: an image that cannot be read.
     """
     dist = _to_numpy(distmat)
     num_query, num_gallery = len(query_records), len(gallery_records)
     if dist.shape != (num_query, num_gallery):
-        raise ValueError(
+        raise InputError(
             f"distmat must be (num_query, num_gallery) = ({num_query}, {num_gallery}), "
             f"got {tuple(dist.shape)}"
         )
     if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+        raise InputError(f"topk must be >= 1, got {topk}")
     if max_queries is not None and max_queries < 1:
-        raise ValueError(f"max_queries must be >= 1 or None, got {max_queries}")
+        raise InputError(f"max_queries must be >= 1 or None, got {max_queries}")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,20 +260,20 @@ def draw_cmc_curve(
         ``out_path`` as a Path.
 
     Raises:
-        ValueError: ``cmc`` empty, not 1-D, or outside [0, 1]; an image too small for
+        InputError (a ValueError): ``cmc`` empty, not 1-D, or outside [0, 1]; an image too small for
             the margins.
     """
     values = _to_numpy(cmc).astype(float)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"cmc must be a non-empty 1-D array, got shape {values.shape}")
+        raise InputError(f"cmc must be a non-empty 1-D array, got shape {values.shape}")
     if not np.all((values >= 0.0) & (values <= 1.0)):
-        raise ValueError(
+        raise InputError(
             f"cmc values must lie in [0, 1], got min {values.min()}, max {values.max()}"
         )
 
     min_width, min_height = _PLOT_MARGINS[0] + _PLOT_MARGINS[2], _PLOT_MARGINS[1] + _PLOT_MARGINS[3]
     if width < min_width + 50 or height < min_height + 50:
-        raise ValueError(
+        raise InputError(
             f"a CMC plot needs at least {min_width + 50}x{min_height + 50} pixels, "
             f"got {width}x{height}"
         )

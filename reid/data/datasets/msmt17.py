@@ -21,8 +21,12 @@ def parse_msmt_list(list_file: Path, image_dir: Path) -> list[Record]:
     """
     if not list_file.is_file():
         raise DatasetError(f"missing list file {list_file}")
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read list file {list_file}: {err}") from None
     records = []
-    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
