@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_run import SCHEDULE, run_tool, tiny
 
 
 def write_image(path: Path, color: tuple[int, int, int] = (120, 60, 30)) -> Path:
@@ -44,3 +45,14 @@ def market_tree(tmp_path: Path) -> Path:
     (root / "bounding_box_train" / "Thumbs.db").write_bytes(b"\x00\x01")
     (root / "query" / "readme.txt").write_text("not an image")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny training run (``tiny_run.SCHEDULE``), made once per session."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    out = tmp / "run"
+    result = run_tool("train.py", "--config", "configs/demo.yml", *tiny(tmp, out), *SCHEDULE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank1" in result.stdout and "mAP" in result.stdout
+    return out

@@ -1,4 +1,7 @@
-"""Evaluate a checkpoint: python tools/test.py --config FILE TEST.WEIGHT CKPT [KEY VALUE ...]"""
+"""Evaluate a checkpoint: python tools/test.py --config FILE TEST.WEIGHT CKPT [KEY VALUE ...]
+
+Results go to OUTPUT_DIR/test/ (metrics.json, log.txt, visual/), never over a training's files.
+"""
 
 import argparse
 import sys
@@ -16,6 +19,7 @@ from reid.evaluation.evaluator import gallery_distances, summarize
 from reid.evaluation.report import format_results, write_metrics
 from reid.utils.cli import run_cli
 from reid.utils.env import resolve_device
+from reid.utils.io import make_output_dir
 from reid.utils.logging import setup_logging
 from reid.utils.visualization import draw_cmc_curve, draw_ranked_lists, log_images_to_tensorboard
 
@@ -29,7 +33,8 @@ def main() -> None:
     cfg = load_cfg(args.config, args.opts)
     if not cfg.TEST.WEIGHT:
         raise ReidError("no checkpoint to evaluate: pass TEST.WEIGHT path/to/best.pth")
-    setup_logging(cfg.OUTPUT_DIR)
+    out = make_output_dir(Path(cfg.OUTPUT_DIR) / "test")
+    setup_logging(out)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = build_trained_model(cfg, cfg.TEST.WEIGHT)
 
@@ -43,25 +48,25 @@ def main() -> None:
     )
     metrics = summarize(cmc, mean_ap, mean_inp)
     write_metrics(
-        Path(cfg.OUTPUT_DIR) / "metrics.json",
+        out / "metrics.json",
         {**metrics, "cmc": cmc.tolist(), "weight": cfg.TEST.WEIGHT},
     )
     print(format_results(metrics))
 
     if cfg.TEST.VISUALIZE_QUERIES:
-        out = Path(cfg.OUTPUT_DIR) / "visual"
+        visual = out / "visual"
         rows = np.linspace(0, num_query - 1, min(cfg.TEST.VISUALIZE_QUERIES, num_query))
         rows = sorted(set(rows.round().astype(int).tolist()))  # spread over identities
         distmat = gallery_distances(feats, num_query, options["metric"], options["rerank"], rows)
         queries = [dataset.query[i] for i in rows]
         ranked = draw_ranked_lists(
-            distmat, queries, dataset.gallery, out / "ranked", max_queries=None
+            distmat, queries, dataset.gallery, visual / "ranked", max_queries=None
         )
-        curve = draw_cmc_curve(cmc, out / "cmc.png")
-        with SummaryWriter(Path(cfg.OUTPUT_DIR) / "tensorboard") as writer:
+        curve = draw_cmc_curve(cmc, visual / "cmc.png")
+        with SummaryWriter(out / "tensorboard") as writer:
             log_images_to_tensorboard(writer, ranked, "ranked_lists")
             log_images_to_tensorboard(writer, [curve], "cmc")
-        print(f"ranked lists and CMC curve in {out}")
+        print(f"ranked lists and CMC curve in {visual}")
 
 
 if __name__ == "__main__":

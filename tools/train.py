@@ -1,73 +1,87 @@
-"""Train a ReID model: python tools/train.py --config FILE [--resume] [KEY VALUE ...]"""
+"""Train a ReID model: python tools/train.py --config FILE [--resume|--overwrite] [KEY VALUE ...]"""
 
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from reid.config import load_cfg, resume_conflicts
 from reid.data import build_dataset, build_test_loader, build_train_loader
 from reid.engine.checkpoint import load_checkpoint
+from reid.engine.run_dir import open_run_dir
 from reid.engine.trainer import Trainer
 from reid.errors import ReidError
-from reid.evaluation import build_eval_options, evaluate_model
+from reid.evaluation import build_eval_options, check_gallery_matches, evaluate_model
 from reid.evaluation.report import format_results, write_metrics
 from reid.losses import build_loss
 from reid.models import build_model
 from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
 from reid.utils.cli import run_cli
 from reid.utils.env import resolve_device, seed_everything
+from reid.utils.io import write_text
 from reid.utils.logging import setup_logging
 
 logger = logging.getLogger("reid.train")
+
+# What a checkpoint must hold for --resume.
+RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "loss", "epoch", "rng", "config")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML file of keys that differ")
     parser.add_argument("--resume", action="store_true", help="continue OUTPUT_DIR/last.pth")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
 
     cfg = load_cfg(args.config, args.opts)
-    setup_logging(cfg.OUTPUT_DIR)
-    seed_everything(cfg.SEED)
-    device = resolve_device(cfg.MODEL.DEVICE)
+    with open_run_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite) as out:
+        setup_logging(out)
+        seed_everything(cfg.SEED)
+        device = resolve_device(cfg.MODEL.DEVICE)
 
-    dataset = build_dataset(cfg)
-    train_loader = build_train_loader(cfg, dataset)
-    test_loader, num_query = build_test_loader(cfg, dataset)
-    num_classes = dataset.num_train_pids
-    model = build_model(cfg, num_classes=num_classes).to(device)
-    loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
-    optimizer = build_optimizer(cfg, model)
-    trainer = Trainer(
-        model,
-        loss_fn,
-        optimizer,
-        build_scheduler(cfg, optimizer, len(train_loader)),
-        train_loader,
-        device=device,
-        max_epochs=cfg.SOLVER.MAX_EPOCHS,
-        output_dir=cfg.OUTPUT_DIR,
-        evaluate=lambda: evaluate_model(
-            model, test_loader, num_query, device, **build_eval_options(cfg)
-        ),
-        eval_period=cfg.TEST.EVAL_PERIOD,
-        loss_optimizer=build_loss_optimizer(cfg, loss_fn),
-        amp=cfg.SOLVER.AMP,
-        channels_last=cfg.SOLVER.CHANNELS_LAST,
-        extra_state={"config": cfg.dump()},
-    )
-    if args.resume:
-        last = Path(cfg.OUTPUT_DIR) / "last.pth"
-        state = load_checkpoint(last)
-        if conflicts := resume_conflicts(state["config"], cfg):
-            raise ReidError(f"cannot resume {last}, the config changed: {'; '.join(conflicts)}")
-        trainer.load_state(state, str(last))
-    (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
-    metrics = trainer.train()
-    write_metrics(Path(cfg.OUTPUT_DIR) / "metrics.json", metrics)
+        dataset = build_dataset(cfg)
+        query, gallery = dataset.query, dataset.gallery
+        check_gallery_matches(  # before the first epoch, not after it
+            [r.pid for r in query], [r.pid for r in gallery],
+            [r.camid for r in query], [r.camid for r in gallery],
+        )  # fmt: skip
+        train_loader = build_train_loader(cfg, dataset)
+        test_loader, num_query = build_test_loader(cfg, dataset)
+        num_classes = dataset.num_train_pids
+        model = build_model(cfg, num_classes=num_classes).to(device)
+        loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
+        optimizer = build_optimizer(cfg, model)
+        trainer = Trainer(
+            model,
+            loss_fn,
+            optimizer,
+            build_scheduler(cfg, optimizer, len(train_loader)),
+            train_loader,
+            device=device,
+            max_epochs=cfg.SOLVER.MAX_EPOCHS,
+            output_dir=out,
+            evaluate=lambda: evaluate_model(
+                model, test_loader, num_query, device, **build_eval_options(cfg)
+            ),
+            eval_period=cfg.TEST.EVAL_PERIOD,
+            loss_optimizer=build_loss_optimizer(cfg, loss_fn),
+            amp=cfg.SOLVER.AMP,
+            channels_last=cfg.SOLVER.CHANNELS_LAST,
+            extra_state={"config": cfg.dump()},
+        )
+        if args.resume:
+            state = load_checkpoint(out / "last.pth", RESUME_ENTRIES, purpose="resume training")
+            if conflicts := resume_conflicts(state["config"], cfg):
+                raise ReidError(
+                    f"cannot resume {out / 'last.pth'}, the config changed: {'; '.join(conflicts)}"
+                )
+            trainer.load_state(state, str(out / "last.pth"))
+        write_text(out / "config.yaml", cfg.dump())
+        metrics = trainer.train()
+        write_metrics(out / "metrics.json", metrics)
     print(format_results(metrics))
 
 

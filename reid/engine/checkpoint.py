@@ -1,6 +1,6 @@
 """Atomic checkpoint files and strict, clearly reported weight loading."""
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,31 +10,42 @@ from yacs.config import CfgNode
 
 from reid.errors import ReidError
 from reid.models import ReidModel, build_model
+from reid.utils.io import atomic_write, safe_torch_load
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Writes ``state`` to ``path`` atomically: a temp file in the same folder, then rename.
+    """Writes ``state`` to ``path`` atomically (see :func:`reid.utils.io.atomic_write`).
 
-    A run killed mid-write leaves the previous file intact.
+    A run killed mid-write, or a full disk, leaves the previous file intact.
+
+    Raises:
+        ReidError: the file cannot be written; the message names it and the reason.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: torch.save(state, file))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a checkpoint onto the CPU; a missing or unreadable file is a ReidError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReidError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise ReidError(f"cannot read checkpoint {path}: {err}".splitlines()[0]) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ReidError(f"{path} is not a reid checkpoint (no 'model' entry)")
+def load_checkpoint(
+    path: str | Path, required: Sequence[str] = ("model",), purpose: str = "load a model"
+) -> dict[str, Any]:
+    """Reads a checkpoint onto the CPU without letting it run code.
+
+    Args:
+        path: the ``.pth`` file.
+        required: entries the caller needs, e.g. the training state to resume.
+        purpose: what they are needed for, to complete the message when one is missing.
+
+    Raises:
+        ReidError: a missing, unreadable or possibly unsafe file (see
+            :func:`reid.utils.io.safe_torch_load`), or one without a required entry.
+    """
+    state = safe_torch_load(path, "checkpoint")
+    if not isinstance(state, dict):
+        raise ReidError(f"{path} is not a reid checkpoint (it holds a {type(state).__name__})")
+    if missing := [key for key in required if key not in state]:
+        names = ", ".join(map(repr, missing))
+        raise ReidError(
+            f"{path} has no {names} entry, needed to {purpose}; is it a reid checkpoint?"
+        )
     return state
 
 

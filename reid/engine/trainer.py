@@ -1,9 +1,13 @@
 """The training loop: explicit, with ``run_step`` as its one override point."""
 
 import logging
+import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +19,47 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from reid.engine.checkpoint import load_model_weights, save_checkpoint
+from reid.errors import ReidError
+from reid.utils.cli import one_line
 
 logger = logging.getLogger(__name__)
+
+# Signals that stop training cleanly: a scheduler's preemption and Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(ReidError):
+    """Training stopped on SIGTERM or SIGINT after saving its state.
+
+    Attributes:
+        exit_code: the shell's code for death by that signal (128 + signal number).
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} {message}")
+        self.exit_code = 128 + signum
+
+
+class NonFiniteError(ReidError):
+    """A NaN or infinite loss or weight; training stops before saving it."""
 
 
 class Trainer:
     """Trains a ReID model epoch by epoch, evaluating every ``eval_period`` epochs.
 
-    After every epoch it writes ``last.pth`` (and ``best.pth`` when mAP improved):
-    model, optimizers, scheduler, loss scaler, epoch, best mAP and the RNG states,
-    so that :meth:`load_state` continues a killed run exactly where its last epoch
-    ended (on CPU: the same final metrics as an uninterrupted run).
+    After every epoch it writes ``last.pth``, *then* evaluates (so an evaluation error
+    never loses the epoch), then writes ``last.pth`` again with the metrics and
+    ``best.pth`` when mAP improved. A checkpoint holds the model, optimizers,
+    scheduler, loss scaler, position, best mAP and the RNG states, so that
+    :meth:`load_state` continues a stopped run exactly where it stopped (on the CPU
+    with ``num_workers=0``: the same final metrics as an uninterrupted run).
+
+    SIGTERM or SIGINT (preemption, Ctrl-C) during an epoch finishes the current
+    iteration, writes ``last.pth`` at that iteration and raises
+    :class:`TrainingInterrupted`; during evaluation it stops at once, the epoch being
+    saved already, and a resumed run evaluates it first. A non-finite loss term or
+    weight raises :class:`NonFiniteError` before anything is saved, so ``last.pth``
+    keeps the last finite state. fp16 steps that the loss scaler skips are not errors.
 
     Args:
         model: returns ``{"logits": (B, C), "feat": (B, D)}`` in train mode.
@@ -33,7 +67,7 @@ class Trainer:
         optimizer: steps the model's parameters.
         scheduler: stepped after every iteration.
         train_loader: yields ``(images, pids, camids)`` in PK batches; its batch
-            sampler's ``set_epoch`` fixes each epoch's order.
+            sampler's ``set_epoch(epoch, start_batch)`` fixes each epoch's order.
         device: where the model lives.
         max_epochs: epochs to train.
         output_dir: receives ``last.pth``, ``best.pth`` and TensorBoard events.
@@ -43,6 +77,7 @@ class Trainer:
         amp: mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.
         channels_last: channels-last memory format on CUDA.
         extra_state: stored in every checkpoint as is (the resolved config).
+        handle_signals: catch SIGTERM / SIGINT as described above (main thread only).
     """
 
     def __init__(
@@ -62,6 +97,7 @@ class Trainer:
         amp: bool = True,
         channels_last: bool = True,
         extra_state: dict | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -75,6 +111,7 @@ class Trainer:
         self.eval_period = eval_period
         self.loss_optimizer = loss_optimizer
         self.extra_state = extra_state or {}
+        self.handle_signals = handle_signals
         on_cuda = device.type == "cuda"
         self.amp_dtype = None
         if amp and on_cuda:
@@ -85,11 +122,24 @@ class Trainer:
         if channels_last and on_cuda:
             self.memory_format = torch.channels_last
             self.model.to(memory_format=self.memory_format)
+        # Position: completed epochs, then iterations done into the next one.
         self.start_epoch = 0
+        self.start_iteration = 0
+        self.pending_eval = False
         self.best_map = -1.0
+        self.metrics: dict[str, float] = {}
         # Mean of each logged scalar per epoch, in order.
         self.history: list[dict[str, float]] = []
         self.writer = SummaryWriter(self.output_dir / "tensorboard")
+        self._resume_sums: dict[str, float] = {}
+        self._resume_rng: dict[str, Any] | None = None
+        self._stop_signal: int | None = None
+        self._stop_now: str | None = None  # set while a stop may interrupt at once
+
+    @property
+    def last_path(self) -> Path:
+        """``OUTPUT_DIR/last.pth``, the checkpoint ``--resume`` continues from."""
+        return self.output_dir / "last.pth"
 
     def run_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
         """One iteration: forward, loss, backward, optimizer step.
@@ -115,43 +165,76 @@ class Trainer:
         return {**{name: value.item() for name, value in losses.items()}, "acc": accuracy.item()}
 
     def train(self) -> dict[str, float]:
-        """Runs the remaining epochs; returns the metrics of the final evaluation."""
-        metrics: dict[str, float] = {}
-        for epoch in range(self.start_epoch, self.max_epochs):
-            self.history.append(self.train_one_epoch(epoch))
-            last = epoch + 1 == self.max_epochs
-            if self.evaluate is not None and ((epoch + 1) % self.eval_period == 0 or last):
-                metrics = self.evaluate()
-                self.log_metrics(metrics, epoch)
-            self.save(epoch, metrics)
-        if not metrics and self.evaluate is not None:  # resumed a finished run
-            metrics = self.evaluate()
+        """Runs the remaining epochs; returns the metrics of the final evaluation.
+
+        Raises:
+            TrainingInterrupted: SIGTERM / SIGINT; ``last.pth`` holds the position.
+            NonFiniteError: a NaN or infinite loss or weight; nothing was saved.
+            ReidError: evaluation failed; the message says where the weights are.
+        """
+        with self._catching_stop_signals():
+            if self.pending_eval:
+                self._evaluate_and_save(self.start_epoch)
+            for epoch in range(self.start_epoch, self.max_epochs):
+                self.history.append(self.train_one_epoch(epoch))
+                done = epoch + 1
+                due = self.evaluate is not None and (
+                    done % self.eval_period == 0 or done == self.max_epochs
+                )
+                self.save(done, pending_eval=due)
+                self._stop_if_asked(f"after epoch {done}; saved {self.last_path}")
+                if due:
+                    self._evaluate_and_save(done)
+            if not self.metrics and self.evaluate is not None:  # resumed a finished run
+                self.metrics = self.evaluate()
         self.writer.close()
-        return metrics
+        return self.metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """Trains over one pass of the loader, showing a progress bar.
+        """Trains over one pass of the loader (the rest of it when resuming mid-epoch).
 
         Returns:
             The epoch's mean of each scalar ``run_step`` returned.
         """
         self.model.train()
-        self.train_loader.batch_sampler.set_epoch(epoch)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", leave=False)
-        sums: dict[str, float] = {}
+        first = self.start_iteration if epoch == self.start_epoch else 0
+        self.train_loader.batch_sampler.set_epoch(epoch, start_batch=first)
+        num_batches = len(self.train_loader)
+        batches = iter(self.train_loader)  # draws the loader's base seed from the RNG
+        if self._resume_rng is not None:  # mid-epoch: the state after that draw
+            _set_rng_states(self._resume_rng)
+            self._resume_rng = None
+        sums = dict(self._resume_sums) if first else {}
+        bar = tqdm(
+            batches,
+            total=num_batches,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{self.max_epochs}",
+            leave=False,
+        )
         seen, start = 0, time.perf_counter()
-        for step, (images, pids, _) in enumerate(bar):
+        for step, (images, pids, _) in enumerate(bar, start=first):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             lr = self.optimizer.param_groups[0]["lr"]
             values = self.run_step(images, pids.to(self.device, non_blocking=True))
             self.scheduler.step()
+            where = f"epoch {epoch + 1}, iteration {step + 1}/{num_batches}"
+            if not all(math.isfinite(value) for value in values.values()):
+                terms = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+                raise NonFiniteError(
+                    f"non-finite loss at {where} ({terms}); {self._kept()}; "
+                    "a learning rate too high for the optimizer is the usual cause"
+                )
             seen += len(images)
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
             averages = {name: total / (step + 1) for name, total in sums.items()}
             speed = seen / (time.perf_counter() - start)
             bar.set_postfix({**averages, "lr": f"{lr:.1e}", "img/s": f"{speed:.0f}"}, refresh=False)
-        iteration = (epoch + 1) * len(self.train_loader)
+            if self._stop_signal is not None and step + 1 < num_batches:
+                self.save(epoch, iteration=step + 1, epoch_sums=sums)
+                self._stop_if_asked(f"at {where}; saved {self.last_path}")
+        iteration = (epoch + 1) * num_batches
         for name, value in averages.items():
             self.writer.add_scalar(f"train/{name}", value, iteration)
         self.writer.add_scalar("train/lr", lr, iteration)
@@ -164,35 +247,61 @@ class Trainer:
     def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
         """Logs evaluation metrics to the log and TensorBoard."""
         for name, value in metrics.items():
-            self.writer.add_scalar(f"eval/{name}", value, epoch + 1)
+            self.writer.add_scalar(f"eval/{name}", value, epoch)
         text = " ".join(f"{name} {100 * value:.2f}%" for name, value in metrics.items())
-        logger.info("epoch %d evaluation: %s", epoch + 1, text)
+        logger.info("epoch %d evaluation: %s", epoch, text)
 
-    def save(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Writes ``last.pth``, and ``best.pth`` when mAP improved."""
-        improved = bool(metrics) and metrics["mAP"] > self.best_map
-        if improved:
-            self.best_map = metrics["mAP"]
+    def save(
+        self,
+        epoch: int,
+        iteration: int = 0,
+        pending_eval: bool = False,
+        epoch_sums: dict[str, float] | None = None,
+        best: bool = False,
+    ) -> None:
+        """Writes ``last.pth`` (and ``best.pth`` when ``best``) at a position.
+
+        Args:
+            epoch: completed epochs.
+            iteration: iterations done into the next epoch (0 at an epoch's end).
+            pending_eval: the completed epoch is still to be evaluated.
+            epoch_sums: the running sums of the logged scalars, mid-epoch.
+            best: also write ``best.pth``.
+
+        Raises:
+            NonFiniteError: a weight is NaN or infinite; nothing is written.
+            ReidError: the file cannot be written; the previous one is unchanged.
+        """
+        weights = self.model.state_dict()
+        bad = [name for name, tensor in weights.items() if not tensor.isfinite().all()]
+        if bad:
+            raise NonFiniteError(
+                f"non-finite weights after epoch {epoch}, iteration {iteration} "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); {self._kept()}"
+            )
         state = {
-            "model": self.model.state_dict(),
+            "model": weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "loss": self.loss_fn.state_dict(),
-            "epoch": epoch + 1,
-            "metrics": metrics,
+            "epoch": epoch,
+            "iteration": iteration,
+            "pending_eval": pending_eval,
+            "epoch_sums": epoch_sums or {},
+            "metrics": self.metrics,
             "best_map": self.best_map,
             "rng": _rng_states(),
             **self.extra_state,
         }
         if self.loss_optimizer is not None:
             state["loss_optimizer"] = self.loss_optimizer.state_dict()
-        save_checkpoint(self.output_dir / "last.pth", state)
-        if improved:
+        save_checkpoint(self.last_path, state)
+        if best:
             save_checkpoint(self.output_dir / "best.pth", state)
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
-        """Restores everything :meth:`save` wrote, to continue after ``state["epoch"]``."""
+        """Restores everything :meth:`save` wrote, to continue from its position."""
         load_model_weights(self.model, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -201,15 +310,86 @@ class Trainer:
         if self.loss_optimizer is not None:
             self.loss_optimizer.load_state_dict(state["loss_optimizer"])
         self.start_epoch = state["epoch"]
+        # Checkpoints of earlier versions hold only epoch ends, evaluated.
+        self.start_iteration = state.get("iteration", 0)
+        self.pending_eval = state.get("pending_eval", False)
+        self._resume_sums = state.get("epoch_sums", {})
+        self.metrics = state.get("metrics", {})
         self.best_map = state["best_map"]
-        _set_rng_states(state["rng"])
-        logger.info("resumed from %s after epoch %d", source, self.start_epoch)
+        if self.start_iteration:
+            self._resume_rng = state["rng"]  # applied once the epoch's loader exists
+        else:
+            _set_rng_states(state["rng"])
+        logger.info(
+            "resumed from %s after epoch %d, iteration %d",
+            source,
+            self.start_epoch,
+            self.start_iteration,
+        )
+
+    def _evaluate_and_save(self, epoch: int) -> None:
+        """Evaluates the model after ``epoch`` completed epochs, then saves the result."""
+        assert self.evaluate is not None
+        where = f"after epoch {epoch}; its weights are saved in {self.last_path}"
+        try:
+            self._stop_now = f"during the evaluation {where}"
+            self._stop_if_asked(self._stop_now)
+            metrics = self.evaluate()
+        except TrainingInterrupted:
+            raise
+        except ReidError as err:
+            raise ReidError(
+                f"evaluation failed {where}; fix the cause and continue with --resume: "
+                f"{one_line(err)}"
+            ) from None
+        except Exception:
+            logger.error("evaluation failed %s", where)
+            raise
+        finally:
+            self._stop_now = None
+        self.metrics = metrics
+        self.log_metrics(metrics, epoch)
+        improved = metrics["mAP"] > self.best_map
+        self.best_map = max(self.best_map, metrics["mAP"])
+        self.save(epoch, best=improved)
+        self._stop_if_asked(f"after evaluating epoch {epoch}; saved {self.last_path}")
+
+    def _kept(self) -> str:
+        """What a stop without saving leaves on disk, for error messages."""
+        if self.last_path.is_file():
+            return f"stopped without saving; {self.last_path} holds the last finite state"
+        return "stopped without saving"
+
+    def _stop_if_asked(self, where: str) -> None:
+        if self._stop_signal is not None:
+            raise TrainingInterrupted(self._stop_signal, f"{where}; continue with --resume")
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self._stop_signal = signum
+        if self._stop_now is not None:  # nothing unsaved to lose: stop at once
+            self._stop_if_asked(self._stop_now)
+
+    @contextmanager
+    def _catching_stop_signals(self) -> Iterator[None]:
+        """Routes SIGTERM / SIGINT to :meth:`_on_stop_signal` while training."""
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._on_stop_signal) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _rng_states() -> dict[str, Any]:
+    """The RNG states as tensors and plain types, loadable with ``weights_only``."""
+    numpy_state = np.random.get_state(legacy=False)
+    key = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
     states = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {**numpy_state, "state": {**numpy_state["state"], "key": key}},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -219,7 +399,11 @@ def _rng_states() -> dict[str, Any]:
 
 def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    numpy_state = states["numpy"]
+    if isinstance(numpy_state, dict):  # earlier versions stored NumPy's legacy tuple
+        key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key}}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

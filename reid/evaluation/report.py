@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from reid.utils.io import write_text
+
 _ORDER = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
@@ -15,6 +17,5 @@ def format_results(metrics: dict[str, float]) -> str:
 
 
 def write_metrics(path: str | Path, metrics: dict[str, float | int | str]) -> None:
-    """Writes metrics (fractions in [0, 1]) and any context to a JSON file."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(metrics, indent=2) + "\n")
+    """Writes metrics (fractions in [0, 1]) and any context to a JSON file, atomically."""
+    write_text(path, json.dumps(metrics, indent=2) + "\n")

@@ -6,7 +6,6 @@ the files it has downloaded before.
 """
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from reid.errors import ReidError
+from reid.utils.io import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +130,7 @@ def load_pretrained(module: nn.Module, path: str | Path, name: str | None = None
 
 
 def _read_state_dict(path: Path) -> Mapping[str, object]:
-    if not path.is_file():
-        raise ReidError(f"pretrained weights file not found: {path}")
-    try:
-        # weights_only: a weights file must not be able to run code when unpickled.
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ReidError(f"cannot read {path} as a weights-only torch file: {first_line}") from err
+    content = safe_torch_load(path, "pretrained weights file")
     if isinstance(content, Mapping):
         for wrapper_key in ("model", "state_dict"):
             if isinstance(content.get(wrapper_key), Mapping):

@@ -8,12 +8,16 @@ from reid.errors import ReidError
 
 
 def run_cli(main: Callable[[], object]) -> int:
-    """Calls ``main``; bad input (ReidError) becomes one line on stderr and exit code 2."""
+    """Calls ``main``; bad input (ReidError) becomes one line on stderr and exit code 2.
+
+    An error with an ``exit_code`` attribute (a training stopped by a signal) exits
+    with that code instead.
+    """
     try:
         main()
     except ReidError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

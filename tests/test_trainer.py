@@ -1,0 +1,239 @@
+"""The Trainer's safety: stop on non-finite values, save before evaluating, stop cleanly on
+SIGTERM / SIGINT and resume to the very same result. A tiny model on random vectors."""
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from reid.data import PKSampler
+from reid.engine.checkpoint import load_checkpoint
+from reid.engine.trainer import NonFiniteError, Trainer, TrainingInterrupted
+from reid.errors import ReidError
+from reid.evaluation import evaluate_rank
+from reid.losses import ReidLoss
+
+NUM_IDS, PER_ID, DIM = 8, 5, 16
+MAX_EPOCHS = 3
+
+
+class NoisyVectors(Dataset):
+    """Fixed vectors per identity plus fresh noise from the global RNG, like augmentation."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.centers = torch.randn(NUM_IDS, DIM, generator=generator)
+        self.pids = [i // PER_ID for i in range(NUM_IDS * PER_ID)]
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        pid = self.pids[index]
+        return self.centers[pid] + 0.5 * torch.randn(DIM), pid, index % PER_ID
+
+
+class TinyModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(DIM, DIM)
+        self.neck = nn.BatchNorm1d(DIM)
+        self.classifier = nn.Linear(DIM, NUM_IDS, bias=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+        feat = self.embed(x)
+        if not self.training:
+            return self.neck(feat)
+        return {"logits": self.classifier(self.neck(feat)), "feat": feat}
+
+
+def _trainer(output_dir: Path, trainer_class: type[Trainer] = Trainer, **kwargs) -> Trainer:
+    torch.manual_seed(0)
+    dataset = NoisyVectors()
+    sampler = PKSampler(dataset.pids, batch_size=8, num_instances=2, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler)
+    test_loader = DataLoader(dataset, batch_size=16)
+    model = TinyModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            feats, pids, cams = zip(*[(model(x), p, c) for x, p, c in test_loader], strict=True)
+        model.train()
+        feats, pids, cams = torch.cat(feats), torch.cat(pids), torch.cat(cams)
+        query = cams == 0
+        cmc, mean_ap, _ = evaluate_rank(
+            torch.cdist(feats[query], feats[~query]), pids[query], pids[~query],
+            cams[query], cams[~query],
+        )  # fmt: skip
+        return {"rank1": float(cmc[0]), "mAP": mean_ap}
+
+    options = {"eval_period": 2, "evaluate": evaluate, **kwargs}
+    return trainer_class(
+        model,
+        ReidLoss(NUM_IDS, DIM),
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
+        loader,
+        device=torch.device("cpu"),
+        max_epochs=MAX_EPOCHS,
+        output_dir=output_dir,
+        **options,
+    )
+
+
+def _resume(output_dir: Path, **kwargs) -> Trainer:
+    trainer = _trainer(output_dir, **kwargs)
+    trainer.load_state(load_checkpoint(output_dir / "last.pth"), "last.pth")
+    return trainer
+
+
+def _stopping_at(epoch: int, iteration: int, signum: int) -> type[Trainer]:
+    """A Trainer whose run_step sends itself ``signum`` at that 0-based epoch / iteration."""
+
+    class Stopping(Trainer):
+        def train_one_epoch(self, current: int) -> dict[str, float]:
+            self.position = [current, 0]
+            return super().train_one_epoch(current)
+
+        def run_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
+            values = super().run_step(images, pids)
+            if self.position == [epoch, iteration]:
+                signal.raise_signal(signum)
+            self.position[1] += 1
+            return values
+
+    return Stopping
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """Final metrics and model weights of a run never stopped."""
+    trainer = _trainer(tmp_path_factory.mktemp("uninterrupted"))
+    metrics = trainer.train()
+    return metrics, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _assert_same_run(trainer: Trainer, metrics: dict, uninterrupted: tuple[dict, dict]) -> None:
+    expected_metrics, expected_weights = uninterrupted
+    assert metrics == expected_metrics
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, expected_weights[name]), name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_epoch_saves_that_iteration_and_resumes_identically(
+    tmp_path: Path, uninterrupted: tuple[dict, dict], signum: int
+) -> None:
+    stopping = _trainer(tmp_path, _stopping_at(epoch=1, iteration=1, signum=signum))
+    previous_handler = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted) as info:
+        stopping.train()
+    assert signal.getsignal(signum) == previous_handler  # restored
+    name = signal.Signals(signum).name
+    assert str(info.value).startswith(f"stopped by {name} at epoch 2, iteration 2/")
+    assert "continue with --resume" in str(info.value)
+    assert info.value.exit_code == 128 + signum
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert (state["epoch"], state["iteration"]) == (1, 2)
+
+    resumed = _resume(tmp_path)
+    assert (resumed.start_epoch, resumed.start_iteration) == (1, 2)
+    _assert_same_run(resumed, resumed.train(), uninterrupted)
+
+
+def test_signal_during_evaluation_stops_at_once_and_resume_evaluates_first(
+    tmp_path: Path, uninterrupted: tuple[dict, dict]
+) -> None:
+    trainer = _trainer(tmp_path)
+    evaluate = trainer.evaluate
+    calls = []
+
+    def interrupted_evaluation() -> dict[str, float]:
+        calls.append(1)
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("the signal should have stopped the evaluation")
+
+    trainer.evaluate = interrupted_evaluation
+    with pytest.raises(TrainingInterrupted, match="during the evaluation after epoch 2"):
+        trainer.train()
+    assert calls == [1]
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert (state["epoch"], state["iteration"], state["pending_eval"]) == (2, 0, True)
+    assert evaluate is not None
+
+    resumed = _resume(tmp_path)
+    assert resumed.pending_eval
+    _assert_same_run(resumed, resumed.train(), uninterrupted)
+
+
+def test_evaluation_error_comes_after_the_save_and_names_it(
+    tmp_path: Path, uninterrupted: tuple[dict, dict]
+) -> None:
+    trainer = _trainer(tmp_path)
+
+    def failing() -> dict[str, float]:
+        raise ReidError("cannot read image query/0001.jpg: broken data stream")
+
+    trainer.evaluate = failing
+    with pytest.raises(ReidError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "evaluation failed after epoch 2" in message
+    assert f"weights are saved in {tmp_path / 'last.pth'}" in message
+    assert message.endswith("cannot read image query/0001.jpg: broken data stream")
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 2
+    # Fixed, the run goes on from the saved epoch to the uninterrupted result.
+    resumed = _resume(tmp_path)
+    _assert_same_run(resumed, resumed.train(), uninterrupted)
+
+
+class NaNAt(ReidLoss):
+    """The real loss, NaN from a given call on (as a learning rate too high would give)."""
+
+    def __init__(self, first_nan_call: int) -> None:
+        super().__init__(NUM_IDS, DIM)
+        self.first_nan_call, self.calls = first_nan_call, 0
+
+    def forward(self, outputs: dict, pids: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = super().forward(outputs, pids)
+        self.calls += 1
+        if self.calls > self.first_nan_call:
+            terms = {name: value * float("nan") for name, value in terms.items()}
+        return terms
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_finite_checkpoint(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    sampler = trainer.train_loader.batch_sampler
+    first_epoch, second_epoch = len(sampler._batches(0)), len(sampler._batches(1))
+    trainer.loss_fn = NaNAt(first_nan_call=first_epoch + 2)  # 3rd iteration of epoch 2
+    with pytest.raises(NonFiniteError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert message.startswith(f"non-finite loss at epoch 2, iteration 3/{second_epoch} (ce nan")
+    assert "triplet nan" in message and "total nan" in message
+    assert f"{tmp_path / 'last.pth'} holds the last finite state" in message
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert state["epoch"] == 1
+    assert all(tensor.isfinite().all() for tensor in state["model"].values())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    with torch.no_grad():
+        trainer.model.embed.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"non-finite weights after epoch 1.*embed.weight"):
+        trainer.save(1)
+    assert not (tmp_path / "last.pth").exists()
+
+
+def test_checkpoints_hold_only_tensors_and_plain_types(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    trainer.save(1)
+    state = torch.load(tmp_path / "last.pth", weights_only=True)  # plain torch, no allowlist
+    assert state["epoch"] == 1 and isinstance(state["rng"]["numpy"]["state"]["key"], torch.Tensor)
