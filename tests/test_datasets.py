@@ -1,8 +1,12 @@
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 
-from reid.data import DATASETS, DatasetError, ImageDataset
+from reid.config import load_cfg
+from reid.data import DATASETS, DatasetError, ImageDataset, build_dataset
+from reid.data.build import build_test_loader, build_train_loader, ignore_stop_signals
 from reid.data.datasets.base import Record, relabel
 from tests.conftest import write_image
 
@@ -114,3 +118,24 @@ def test_unreadable_image_is_an_error_naming_it(market_tree: Path) -> None:
     dataset = DATASETS.get("market_folder")(market_tree)
     with pytest.raises(DatasetError, match="cannot read image .*0003_c1s1_000010_00.jpg"):
         ImageDataset(dataset.query, transform=lambda image: image)[0]
+
+
+class _SigintHandler(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> bool:
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_loader_workers_leave_stop_signals_to_the_main_process(market_tree: Path) -> None:
+    cfg = load_cfg(opts=["DATASETS.NAME", "market_folder", "DATASETS.ROOT", str(market_tree),
+                         "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCES", "2",
+                         "DATALOADER.NUM_WORKERS", "0"])  # fmt: skip
+    dataset = build_dataset(cfg)
+    loaders = [build_train_loader(cfg, dataset), build_test_loader(cfg, dataset)[0]]
+    assert all(loader.worker_init_fn is ignore_stop_signals for loader in loaders)
+    probe = torch.utils.data.DataLoader(
+        _SigintHandler(), num_workers=1, worker_init_fn=ignore_stop_signals
+    )
+    assert [bool(ignored) for ignored in probe] == [True, True]

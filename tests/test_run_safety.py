@@ -2,16 +2,18 @@
 into a finished run, an unsafe checkpoint. Each ends in one line and loses nothing."""
 
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from test_file_safety import write_payload_checkpoint
-from tiny_run import SCHEDULE, error_line, run_tool, tiny
+from tiny_run import ROOT, SCHEDULE, error_line, run_tool, tiny
 
 from reid.engine.checkpoint import load_checkpoint
 
@@ -136,3 +138,22 @@ def test_unsafe_checkpoints_are_refused_by_the_tools(trained: Path, tmp_path: Pa
         assert result.returncode == 2
         assert "may be unsafe" in error_line(result)
     assert not marker.exists()
+
+
+def test_ctrl_c_to_the_whole_process_group_with_workers_stops_cleanly(trained: Path) -> None:
+    """A terminal's Ctrl-C reaches the loader workers too; the run still saves and stops."""
+    out = trained.parent / "ctrl_c"
+    opts = [*tiny(trained.parent, out), "DATALOADER.NUM_WORKERS", "1", "SOLVER.MAX_EPOCHS", "50"]
+    command = [sys.executable, str(ROOT / "tools" / "train.py"), *CONFIG, *opts]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "last.pth").exists():  # the first epoch is over: training is under way
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGINT ")
+    assert load_checkpoint(out / "last.pth")["epoch"] < 50

@@ -1,6 +1,7 @@
 """Datasets and loaders from the config."""
 
 import logging
+import signal
 from pathlib import Path
 
 import torch
@@ -36,6 +37,18 @@ def build_dataset(cfg: CfgNode) -> ReidDataset:
     return dataset
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT / SIGTERM to the main process, which stops cleanly.
+
+    A Ctrl-C reaches every process of the terminal's group, and a scheduler's SIGTERM
+    often every process of the job; a worker killed by it while the main process waits
+    for its batch would turn the clean stop into a "worker exited unexpectedly" error.
+    Workers still end with the main process.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
     """Training loader: augmented images in PK batches (``SOLVER.IMS_PER_BATCH`` = P x K).
 
@@ -60,6 +73,7 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
         batch_sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_stop_signals,
         # Workers restart each epoch and draw their seeds from the main process's
         # RNG, which checkpoints restore: a resumed run augments exactly the same.
         persistent_workers=False,
@@ -80,5 +94,6 @@ def build_test_loader(cfg: CfgNode, dataset: ReidDataset) -> tuple[DataLoader, i
         shuffle=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_stop_signals,
     )
     return loader, len(dataset.query)
