@@ -42,12 +42,29 @@ from reid.utils import io
 ROOT = Path(__file__).parents[1]
 SMALL = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.DEVICE", "cpu"]
 TINY = [
-    "DATASETS.NAME", "synthetic", "DATASETS.SYNTHETIC.NUM_IDENTITIES", "12",
-    "DATASETS.SYNTHETIC.NUM_CAMERAS", "3", "MODEL.BACKBONE", "resnet18",
-    "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]",
-    "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_INSTANCES", "2",
-    "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.MAX_EPOCHS", "2",
-]  # fmt: skip
+    "DATASETS.NAME",
+    "synthetic",
+    "DATASETS.SYNTHETIC.NUM_IDENTITIES",
+    "12",
+    "DATASETS.SYNTHETIC.NUM_CAMERAS",
+    "3",
+    "MODEL.BACKBONE",
+    "resnet18",
+    "INPUT.SIZE_TRAIN",
+    "[32, 16]",
+    "INPUT.SIZE_TEST",
+    "[32, 16]",
+    "SOLVER.IMS_PER_BATCH",
+    "8",
+    "DATALOADER.NUM_INSTANCES",
+    "2",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.WARMUP_EPOCHS",
+    "0",
+    "SOLVER.MAX_EPOCHS",
+    "2",
+]
 
 rows: list[tuple[str, str, str, str]] = []
 
@@ -64,7 +81,7 @@ def case(name: str, action: Callable[[], object], accept: bool = False, kept=Non
         outcome = "TRACEBACK"
         traceback.print_exc(limit=2, file=sys.stderr)
     else:
-        message = "" if result is None else str(result)
+        message = result if isinstance(result, str) else ""
         outcome = "accepted" if accept else "WRONGLY ACCEPTED"
     lost = "" if kept is None else ("kept" if kept() else "LOST")
     rows.append((name, outcome, message.replace("|", "/"), lost))
@@ -108,8 +125,10 @@ def config_cases(tmp: Path) -> None:
     case("config: a folder as config file", lambda: load_cfg(tmp))
     case("config: SOLVER.WARMUP_EPOCHS -1", opts("SOLVER.WARMUP_EPOCHS", "-1"))
     case("config: INPUT.PADDING -4", opts("INPUT.PADDING", "-4"))
-    case("config: one identity per batch (P=1)",
-         opts("SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCES", "4"))  # fmt: skip
+    case(
+        "config: one identity per batch (P=1)",
+        opts("SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCES", "4"),
+    )
     case("config: K=1 with the triplet loss", opts("DATALOADER.NUM_INSTANCES", "1"))
     case("config: batch not a multiple of K", opts("SOLVER.IMS_PER_BATCH", "30"))
     case("config: every loss weight 0", opts("LOSS.CE_WEIGHT", "0", "LOSS.TRIPLET_WEIGHT", "0"))
@@ -148,40 +167,70 @@ def file_cases(tmp: Path) -> None:
     torch.save({"model": model.state_dict(), "x": Payload(marker)}, evil)
     not_run = lambda: not marker.exists()  # noqa: E731
     case("checkpoint carrying a pickle payload", lambda: load_checkpoint(evil), kept=not_run)
-    case("payload as MODEL.PRETRAIN_PATH", lambda: build_model(
-        load_cfg(opts=[*SMALL, "MODEL.PRETRAINED", "true", "MODEL.PRETRAIN_PATH", str(evil)]), 3
-    ), kept=not_run)  # fmt: skip
+    case(
+        "payload as MODEL.PRETRAIN_PATH",
+        lambda: build_model(
+            load_cfg(opts=[*SMALL, "MODEL.PRETRAINED", "true", "MODEL.PRETRAIN_PATH", str(evil)]), 3
+        ),
+        kept=not_run,
+    )
     case("payload through FeatureExtractor", lambda: FeatureExtractor(cfg, evil), kept=not_run)
     garbage = tmp / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     case("checkpoint of random bytes", lambda: load_checkpoint(garbage))
     case("checkpoint that does not exist", lambda: load_checkpoint(tmp / "missing.pth"))
-    case("resume from a weights-only file", lambda: load_checkpoint(
-        good, ("model", "optimizer", "rng"), "resume training"))  # fmt: skip
-    case("checkpoint of another backbone", lambda: build_trained_model(
-        load_cfg(opts=[*SMALL, "MODEL.BACKBONE", "resnet34"]), good))  # fmt: skip
-    case("own checkpoint as MODEL.PRETRAIN_PATH", lambda: build_model(
-        load_cfg(opts=[*SMALL, "MODEL.PRETRAINED", "true", "MODEL.PRETRAIN_PATH", str(good)]), 3
-    ), accept=True)  # fmt: skip
+    case(
+        "resume from a weights-only file",
+        lambda: load_checkpoint(good, ("model", "optimizer", "rng"), "resume training"),
+    )
+    case(
+        "checkpoint of another backbone",
+        lambda: build_trained_model(load_cfg(opts=[*SMALL, "MODEL.BACKBONE", "resnet34"]), good),
+    )
+    case(
+        "own checkpoint as MODEL.PRETRAIN_PATH",
+        lambda: build_model(
+            load_cfg(opts=[*SMALL, "MODEL.PRETRAINED", "true", "MODEL.PRETRAIN_PATH", str(good)]), 3
+        ),
+        accept=True,
+    )
     old = tmp / "old.pth"
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     torch.save({"model": model.state_dict(), "rng": rng}, old)
-    case("checkpoint of an earlier version (NumPy RNG array)", lambda: load_checkpoint(old),
-         accept=True)  # fmt: skip
+    case(
+        "checkpoint of an earlier version (NumPy RNG array)",
+        lambda: load_checkpoint(old),
+        accept=True,
+    )
 
     disk = tmp / "tmpfs"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                             capture_output=True).returncode == 0  # fmt: skip
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     small = {"w": torch.ones(4)}
     save_checkpoint(disk / "last.pth", small)
-    intact = lambda: torch.equal(load_checkpoint(disk / "last.pth", ())["w"], small["w"]) and (  # noqa: E731
-        sorted(p.name for p in disk.iterdir()) == ["last.pth"]
-    )
+
+    def intact() -> bool:
+        files = sorted(p.name for p in disk.iterdir())
+        return files == ["last.pth"] and torch.equal(
+            load_checkpoint(disk / "last.pth", ())["w"], small["w"]
+        )
+
     if mounted:
         big = {"w": torch.zeros(1_000_000)}
-        case("disk full while saving (256 KiB tmpfs)",
-             lambda: save_checkpoint(disk / "last.pth", big), kept=intact)  # fmt: skip
+        case(
+            "disk full while saving (256 KiB tmpfs)",
+            lambda: save_checkpoint(disk / "last.pth", big),
+            kept=intact,
+        )
         subprocess.run(["umount", str(disk)], check=False)
 
     def permission_denied(file) -> None:
@@ -189,8 +238,11 @@ def file_cases(tmp: Path) -> None:
 
     metrics = tmp / "metrics.json"
     metrics.write_text("{}")
-    case("no write permission (simulated EACCES)", lambda: io.atomic_write(
-        metrics, permission_denied), kept=lambda: metrics.read_text() == "{}")  # fmt: skip
+    case(
+        "no write permission (simulated EACCES)",
+        lambda: io.atomic_write(metrics, permission_denied),
+        kept=lambda: metrics.read_text() == "{}",
+    )
 
     def enter(folder: Path, **kwargs) -> Callable[[], object]:
         def action() -> None:
@@ -206,13 +258,22 @@ def file_cases(tmp: Path) -> None:
     (run / "best.pth").write_bytes(good.read_bytes())
     kept_best = lambda: (run / "best.pth").read_bytes() == good.read_bytes()  # noqa: E731
     case("training into a finished run", enter(run), kept=kept_best)
-    case("--resume and --overwrite together", enter(run, resume=True, overwrite=True),
-         kept=kept_best)  # fmt: skip
+    case(
+        "--resume and --overwrite together", enter(run, resume=True, overwrite=True), kept=kept_best
+    )
     case("--resume without last.pth", enter(run, resume=True), kept=kept_best)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time\nfrom reid.engine.run_dir import open_run_dir\n"
-        f"with open_run_dir({str(tmp / 'busy')!r}):\n    print(1, flush=True)\n    time.sleep(30)"
-    )], stdout=subprocess.PIPE)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import time\nfrom reid.engine.run_dir import open_run_dir\n"
+                f"with open_run_dir({str(tmp / 'busy')!r}):\n"
+                "    print(1, flush=True)\n    time.sleep(30)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+    )
     holder.stdout.readline()
     case("a second training on a busy OUTPUT_DIR", enter(tmp / "busy"))
     holder.kill()
@@ -227,11 +288,13 @@ def api_cases(tmp: Path) -> None:
     broken.write_bytes(b"not a jpeg")
     extractor = FeatureExtractor(cfg, weights, device="cpu")
     case("FeatureExtractor device 'gpu'", lambda: FeatureExtractor(cfg, weights, device="gpu"))
-    case("FeatureExtractor device 'cuda:7'", lambda: FeatureExtractor(cfg, weights, device="cuda:7"))
+    case(
+        "FeatureExtractor device 'cuda:7'", lambda: FeatureExtractor(cfg, weights, device="cuda:7")
+    )
     case("FeatureExtractor batch_size 0", lambda: FeatureExtractor(cfg, weights, batch_size=0))
     case("FeatureExtractor batch_size 2.5", lambda: FeatureExtractor(cfg, weights, batch_size=2.5))
     case("FeatureExtractor given an int", lambda: FeatureExtractor(3))
-    case("FeatureExtractor run dir without weights", lambda: FeatureExtractor(tmp / "run_empty"))
+    case("FeatureExtractor: no such run dir", lambda: FeatureExtractor(tmp / "run_empty"))
     (tmp / "run_empty").mkdir()
     (tmp / "run_empty" / "config.yaml").write_text(cfg.dump())
     case("FeatureExtractor empty run dir", lambda: FeatureExtractor(tmp / "run_empty"))
@@ -246,8 +309,10 @@ def api_cases(tmp: Path) -> None:
     case("evaluate_rank: no query with a match", lambda: evaluate_rank(np.zeros((2, 3)), *same_cam))
     case("evaluate_rank: unknown ap", lambda: evaluate_rank(np.zeros((2, 3)), *labels, ap="x"))
     case("re_ranking: k1 0", lambda: re_ranking(torch.zeros(2, 4), torch.zeros(3, 4), k1=0))
-    case("evaluate_features: feature sizes differ", lambda: evaluate_features(
-        torch.zeros(2, 4), torch.zeros(3, 5), *labels))  # fmt: skip
+    case(
+        "evaluate_features: feature sizes differ",
+        lambda: evaluate_features(torch.zeros(2, 4), torch.zeros(3, 5), *labels),
+    )
 
 
 def data_cases(tmp: Path) -> None:
@@ -255,26 +320,30 @@ def data_cases(tmp: Path) -> None:
         return lambda: build_dataset(load_cfg(opts=list(pairs)))
 
     (tmp / "root_file").write_text("")
-    case("DATASETS.ROOT is a file", dataset("DATASETS.NAME", "synthetic",
-                                            "DATASETS.ROOT", str(tmp / "root_file")))  # fmt: skip
+    case(
+        "DATASETS.ROOT is a file",
+        dataset("DATASETS.NAME", "synthetic", "DATASETS.ROOT", str(tmp / "root_file")),
+    )
     case("market1501 not under DATASETS.ROOT", dataset("DATASETS.ROOT", str(tmp)))
     market = tmp / "market"
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         (market / split).mkdir(parents=True)
         Image.new("RGB", (8, 16)).save(market / split / "0001_c1s1_000001_00.jpg")
     Image.new("RGB", (8, 16)).save(market / "query" / "holiday.jpg")
-    case("an image name that does not parse",
-         lambda: DATASETS.get("market_folder")(market))  # fmt: skip
+    case("an image name that does not parse", lambda: DATASETS.get("market_folder")(market))
     msmt = tmp / "msmt"
     msmt.mkdir()
     (msmt / "list_query.txt").write_bytes(b"0000/\xff\xfe.jpg 0\n")
     (msmt / "list_train.txt").write_bytes(b"0000/\xff\xfe.jpg 0\n")
     case("MSMT17 list file not UTF-8", lambda: DATASETS.get("msmt17")(msmt))
-    busy = tmp / "synthetic_busy"
-    busy.mkdir()
+    busy = tmp / "synthetic_busy" / "synthetic-300ids-6cams-seed0"
+    busy.mkdir(parents=True)
     (busy / "mine.txt").write_text("mine")
-    case("synthetic root holding other files", lambda: DATASETS.get("synthetic")(busy),
-         kept=lambda: (busy / "mine.txt").read_text() == "mine")  # fmt: skip
+    case(
+        "synthetic root holding other files",
+        lambda: DATASETS.get("synthetic")(busy.parent),
+        kept=lambda: (busy / "mine.txt").read_text() == "mine",
+    )
 
 
 def cli_cases(tmp: Path) -> None:
@@ -284,40 +353,77 @@ def cli_cases(tmp: Path) -> None:
     case("tools/train.py: a tiny run", lambda: cli("train.py", *train), accept=True)
     best = (run / "best.pth").read_bytes()
     kept = lambda: (run / "best.pth").read_bytes() == best  # noqa: E731
-    case("tools/train.py: again into the finished run", lambda: cli("train.py", *train),
-         kept=kept)  # fmt: skip
-    case("tools/train.py --resume, BASE_LR changed",
-         lambda: cli("train.py", "--resume", *train, "SOLVER.BASE_LR", "0.1"), kept=kept)  # fmt: skip
+    case("tools/train.py: again into the finished run", lambda: cli("train.py", *train), kept=kept)
+    case(
+        "tools/train.py --resume, BASE_LR changed",
+        lambda: cli("train.py", "--resume", *train, "SOLVER.BASE_LR", "0.1"),
+        kept=kept,
+    )
     case("tools/test.py without TEST.WEIGHT", lambda: cli("test.py", *train))
-    case("tools/test.py into the training's OUTPUT_DIR", lambda: cli(
-        "test.py", *train, "TEST.WEIGHT", str(run / "best.pth")), accept=True, kept=kept)  # fmt: skip
+    case(
+        "tools/test.py into the training's OUTPUT_DIR",
+        lambda: cli("test.py", *train, "TEST.WEIGHT", str(run / "best.pth")),
+        accept=True,
+        kept=kept,
+    )
     nan_run = tmp / "nan_run"
-    case("tools/train.py: SGD at lr 1e12 (NaN)", lambda: cli(
-        "train.py", *train, "OUTPUT_DIR", str(nan_run), "SOLVER.OPTIMIZER", "sgd",
-        "SOLVER.BASE_LR", "1e12"))  # fmt: skip
+    case(
+        "tools/train.py: SGD at lr 1e12 (NaN)",
+        lambda: cli(
+            "train.py",
+            *train,
+            "OUTPUT_DIR",
+            str(nan_run),
+            "SOLVER.OPTIMIZER",
+            "sgd",
+            "SOLVER.BASE_LR",
+            "1e12",
+        ),
+    )
     stopped = tmp / "stopped"
     stop_script = (
         "import runpy, signal, sys\nfrom reid.engine.trainer import Trainer\n"
         "run, n = Trainer.run_step, []\n"
         "def step(self, *a):\n    v = run(self, *a); n.append(1)\n"
         "    if len(n) == 5: signal.raise_signal(signal.SIGTERM)\n    return v\n"
-        f"Trainer.run_step = step\nsys.argv = ['train.py', *{[*train, 'OUTPUT_DIR', str(stopped)]!r}]\n"
+        "Trainer.run_step = step\n"
+        f"sys.argv = ['train.py', *{[*train, 'OUTPUT_DIR', str(stopped)]!r}]\n"
         "runpy.run_path('tools/train.py', run_name='__main__')\n"
     )
-    case("tools/train.py: SIGTERM mid-epoch", lambda: cli(
-        "", command=[sys.executable, "-c", stop_script]),
-        kept=lambda: load_checkpoint(stopped / "last.pth")["iteration"] == 5)  # fmt: skip
+    case(
+        "tools/train.py: SIGTERM mid-epoch",
+        lambda: cli("", command=[sys.executable, "-c", stop_script]),
+        kept=lambda: load_checkpoint(stopped / "last.pth")["iteration"] == 5,
+    )
     broken = tmp / "broken"
     shutil.copytree(tmp / "data", broken / "data")
     query = next((broken / "data").glob("synthetic-*/query/*.jpg"))
     query.write_bytes(b"not a jpeg")
-    case("tools/train.py: an unreadable query image", lambda: cli(
-        "train.py", *train, "DATASETS.ROOT", str(broken / "data"), "OUTPUT_DIR",
-        str(broken / "run"), "SOLVER.MAX_EPOCHS", "1"),
-        kept=lambda: (broken / "run" / "last.pth").is_file())  # fmt: skip
-    case("tools/train.py: DATASETS.ROOT a file", lambda: cli(
-        "train.py", *train, "DATASETS.ROOT", str(tmp / "root_file"), "OUTPUT_DIR",
-        str(tmp / "other")))  # fmt: skip
+    case(
+        "tools/train.py: an unreadable query image",
+        lambda: cli(
+            "train.py",
+            *train,
+            "DATASETS.ROOT",
+            str(broken / "data"),
+            "OUTPUT_DIR",
+            str(broken / "run"),
+            "SOLVER.MAX_EPOCHS",
+            "1",
+        ),
+        kept=lambda: (broken / "run" / "last.pth").is_file(),
+    )
+    case(
+        "tools/train.py: DATASETS.ROOT a file",
+        lambda: cli(
+            "train.py",
+            *train,
+            "DATASETS.ROOT",
+            str(tmp / "root_file"),
+            "OUTPUT_DIR",
+            str(tmp / "other"),
+        ),
+    )
 
 
 def main() -> None:
@@ -336,9 +442,13 @@ def main() -> None:
     print("| # | case | outcome | message | nothing lost |\n|---|---|---|---|---|")
     for number, (name, outcome, message, lost) in enumerate(rows, start=1):
         print(f"| {number} | {name} | {outcome} | {message} | {lost} |")
-    good = sum(outcome in ("one line", "accepted") and lost != "LOST" for _, outcome, _, lost in rows)
-    print(f"\n{good} of {len(rows)} cases end in one clear line or are rightly accepted, "
-          "with nothing lost.")  # fmt: skip
+    good = sum(
+        outcome in ("one line", "accepted") and lost != "LOST" for _, outcome, _, lost in rows
+    )
+    print(
+        f"\n{good} of {len(rows)} cases end in one clear line or are rightly accepted, "
+        "with nothing lost."
+    )
 
 
 if __name__ == "__main__":
