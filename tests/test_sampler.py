@@ -5,6 +5,7 @@ import pytest
 
 from reid.data import PKSampler
 from reid.errors import ReidError
+from reid.utils import distributed
 
 
 def _pids(seed: int = 0) -> list[int]:
@@ -23,7 +24,7 @@ def test_every_batch_has_p_distinct_identities_with_k_images(p: int, k: int) -> 
         assert len(batches) == len(sampler) > 0
         for batch in batches:
             assert len(batch) == p * k
-            counts = Counter(pids[i] for i in batch)
+            counts = Counter(pids[i] for i, _ in batch)
             assert len(counts) == p and set(counts.values()) == {k}
 
 
@@ -32,7 +33,7 @@ def test_an_epoch_visits_about_every_image_once() -> None:
     p, k = 4, 4
     sampler = PKSampler(pids, batch_size=p * k, num_instances=k, seed=0)
     for _ in range(4):
-        visits = Counter(i for batch in sampler for i in batch)
+        visits = Counter(i for batch in sampler for i, _ in batch)
         # Identities with at least K images contribute each image at least once,
         # except the few chunks left when fewer than P identities remain.
         coverage = len(visits) / len(pids)
@@ -47,7 +48,7 @@ def test_images_within_an_identity_chunk_are_distinct_when_possible() -> None:
     size = Counter(pids)
     for batch in sampler:
         for start in range(0, len(batch), k):
-            chunk = batch[start : start + k]
+            chunk = [index for index, _ in batch[start : start + k]]
             if size[pids[chunk[0]]] >= k:
                 assert len(set(chunk)) == k
 
@@ -74,3 +75,49 @@ def test_too_few_identities_or_bad_batch_size() -> None:
         PKSampler([0, 0, 1, 1, 2, 2], batch_size=8, num_instances=2)
     with pytest.raises(ReidError, match="not a multiple"):
         PKSampler([0, 1, 2, 3], batch_size=6, num_instances=4)
+
+
+def test_ranks_split_each_global_batch_into_whole_identities() -> None:
+    """Concatenated in rank order, the ranks' batches are the single-process batches,
+    augmentation seeds included."""
+    pids = _pids()
+    single = PKSampler(pids, batch_size=32, num_instances=4, seed=5)
+    ranks = [PKSampler(pids, 32, 4, seed=5, rank=r, world_size=4) for r in range(4)]
+    for epoch in range(2):
+        for sampler in (single, *ranks):
+            sampler.set_epoch(epoch)
+        expected = list(single)
+        per_rank = [list(sampler) for sampler in ranks]
+        assert [sum(parts, []) for parts in zip(*per_rank, strict=True)] == expected
+        for parts in zip(*per_rank, strict=True):
+            assert all(len({pids[i] for i, _ in part}) == 2 for part in parts)
+
+
+def test_augmentation_seeds_differ_within_an_epoch_and_between_epochs() -> None:
+    pids = _pids()
+    sampler = PKSampler(pids, batch_size=16, num_instances=4, seed=0)
+    epochs = [[seed for batch in sampler for _, seed in batch] for _ in range(2)]
+    assert len(set(epochs[0])) == len(epochs[0])  # repeated images get other seeds
+    assert not set(epochs[0]) & set(epochs[1])
+
+
+@pytest.mark.parametrize(("batch", "world", "fix"), [(64, 3, "60 or 72"), (8, 2, "16")])
+def test_a_batch_that_cannot_be_split_names_the_fix(batch: int, world: int, fix: str) -> None:
+    with pytest.raises(ReidError) as info:
+        PKSampler(_pids(), batch_size=batch, num_instances=4, rank=0, world_size=world)
+    message = str(info.value)
+    assert f"cannot be split over {world} processes" in message
+    assert f"(SOLVER.IMS_PER_BATCH) of {fix}" in message
+
+
+@pytest.mark.parametrize(("num_items", "world"), [(10, 3), (2, 4), (7, 1), (0, 2)])
+def test_evaluation_shards_cover_the_list_once_in_order(
+    monkeypatch: pytest.MonkeyPatch, num_items: int, world: int
+) -> None:
+    shards = []
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        shards.append(distributed.shard(num_items))
+    assert [i for shard in shards for i in shard] == list(range(num_items))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1

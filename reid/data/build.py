@@ -12,6 +12,7 @@ from reid.data.datasets import DATASETS, DatasetError, ReidDataset
 from reid.data.image_dataset import ImageDataset
 from reid.data.sampler import PKSampler
 from reid.data.transforms import build_test_transform, build_train_transform
+from reid.utils import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
     """Training loader: augmented images in PK batches (``SOLVER.IMS_PER_BATCH`` = P x K).
 
     Batches are ``(images (B, 3, H, W), pids (B,), camids (B,))`` with relabelled pids.
+    Under torchrun each of W ranks loads its P / W identities of every global batch.
     """
     transform = build_train_transform(
         cfg.INPUT.SIZE_TRAIN,
@@ -67,6 +69,8 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
         batch_size=cfg.SOLVER.IMS_PER_BATCH,
         num_instances=cfg.DATALOADER.NUM_INSTANCES,
         seed=cfg.SEED,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
     )
     return DataLoader(
         ImageDataset(dataset.train, transform),
@@ -74,22 +78,25 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=ignore_stop_signals,
-        # Workers restart each epoch and draw their seeds from the main process's
-        # RNG, which checkpoints restore: a resumed run augments exactly the same.
-        persistent_workers=False,
     )
 
 
 def build_test_loader(cfg: CfgNode, dataset: ReidDataset) -> tuple[DataLoader, int]:
     """Query followed by gallery in one pass.
 
+    Under torchrun each rank loads its contiguous share of that list
+    (:func:`reid.utils.distributed.shard`); ``extract_features`` puts the shares
+    back together in order.
+
     Returns:
         The loader, yielding ``(images (B, 3, H, W), pids (B,), camids (B,))``, and
-        the number of query images (the first items).
+        the number of query images (the first items of the whole list).
     """
     transform = build_test_transform(cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    records = dataset.query + dataset.gallery
+    share = distributed.shard(len(records))
     loader = DataLoader(
-        ImageDataset(dataset.query + dataset.gallery, transform),
+        ImageDataset(records[share.start : share.stop], transform),
         batch_size=cfg.TEST.IMS_PER_BATCH,
         shuffle=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,

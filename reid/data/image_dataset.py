@@ -6,10 +6,16 @@ import torch
 from PIL import Image
 
 from reid.data.datasets import DatasetError, Record
+from reid.data.sampler import Sample
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """Loads ``records[i]`` as ``(image, pid, camid)``.
+
+    Indexed by a :class:`reid.data.sampler.Sample` ``(index, seed)``, the random
+    transforms draw from a generator seeded with ``seed`` alone, not from the global
+    RNG of whichever worker process loads the item: the augmentation of an item is
+    then the same whatever the number of workers or processes.
 
     Args:
         records: ``(path, pid, camid)`` records.
@@ -23,8 +29,13 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        path, pid, camid = self.records[index]
+    def __getitem__(self, item: int | Sample) -> tuple[torch.Tensor, int, int]:
+        if isinstance(item, Sample):
+            path, pid, camid = self.records[item.index]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item.seed)
+                return self.transform(read_image(path)), pid, camid
+        path, pid, camid = self.records[item]
         return self.transform(read_image(path)), pid, camid
 
 

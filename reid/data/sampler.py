@@ -2,6 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -9,7 +10,14 @@ from torch.utils.data import Sampler
 from reid.errors import ReidError
 
 
-class PKSampler(Sampler[list[int]]):
+class Sample(NamedTuple):
+    """One item of a batch: a dataset index and the seed of its augmentation."""
+
+    index: int
+    seed: int
+
+
+class PKSampler(Sampler[list[Sample]]):
     """Batch sampler for metric learning: P distinct identities x K images per batch.
 
     Each epoch, every identity's images are shuffled and cut into chunks of K; an
@@ -21,18 +29,36 @@ class PKSampler(Sampler[list[int]]):
     left when fewer than P identities remain are skipped).
 
     Order is a pure function of ``(seed, epoch)``: ``set_epoch`` makes a resumed
-    run see the same batches. Batches are built as lists of per-identity chunks,
-    so a distributed version can hand each process whole identities of a batch.
+    run see the same batches. So is augmentation: each item carries a seed drawn
+    from ``(seed, epoch, batch, slot)``, which :class:`reid.data.ImageDataset` uses
+    for its random transforms, so the images a step sees do not depend on the loader's
+    worker count or on the number of processes.
+
+    Distributed (``world_size`` W > 1): every rank derives the same global batch of P
+    identities and yields its own P / W whole identities (rank ``r`` the ``r``-th
+    group of them), so the global batch, in rank order, is the single-process batch.
 
     Args:
         pids: the identity of each dataset index, length N.
-        batch_size: P x K.
+        batch_size: P x K, the global batch.
         num_instances: K.
         seed: base seed; epoch ``e`` uses ``(seed, e)``.
+        rank: this process's rank.
+        world_size: W, the number of processes sharing each batch.
+
+    Raises:
+        ReidError: the batch is not P x K, the training set has fewer than P
+            identities, or P cannot be split into W groups of at least 2 identities.
     """
 
     def __init__(
-        self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0
+        self,
+        pids: Sequence[int],
+        batch_size: int,
+        num_instances: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size % num_instances:
             raise ReidError(
@@ -40,6 +66,18 @@ class PKSampler(Sampler[list[int]]):
             )
         self.num_identities = batch_size // num_instances
         self.num_instances = num_instances
+        per_rank, left = divmod(self.num_identities, world_size)
+        if world_size > 1 and (left or per_rank < 2):
+            p, w = self.num_identities, world_size
+            fits = sorted({max(2 * w, p // w * w), max(2 * w, -(-p // w) * w)})
+            sizes = " or ".join(str(fit * num_instances) for fit in fits)
+            raise ReidError(
+                f"a global batch of P = {self.num_identities} identities x K = {num_instances} "
+                f"cannot be split over {world_size} processes: each needs a whole number of "
+                f"identities, at least 2; use a batch size (SOLVER.IMS_PER_BATCH) of {sizes}, "
+                "or another number of processes"
+            )
+        self.rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
         self.seed = seed
         self.epoch = 0
         self.start_batch = 0
@@ -65,12 +103,19 @@ class PKSampler(Sampler[list[int]]):
         self.epoch = epoch
         self.start_batch = start_batch
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches(self.epoch)[self.start_batch :]
+    def __iter__(self) -> Iterator[list[Sample]]:
+        epoch, first = self.epoch, self.start_batch
+        batches = self._batches(epoch)[first:]
         self.epoch += 1
         self.start_batch = 0
-        for chunks in batches:
-            yield np.concatenate(chunks).tolist()
+        k = self.num_instances
+        slots = range(self.rank_slice.start * k, self.rank_slice.stop * k)
+        for number, chunks in enumerate(batches, start=first):
+            seeds = np.random.SeedSequence([self.seed, epoch, number]).generate_state(
+                self.num_identities * k
+            )
+            indices = np.concatenate(chunks[self.rank_slice])
+            yield [Sample(int(i), int(seeds[s])) for i, s in zip(indices, slots, strict=True)]
 
     def __len__(self) -> int:
         """Batches in the selected epoch, counting those ``start_batch`` skips."""
