@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.config import get_default_cfg
 from reid.errors import ReidError, UnknownNameError
 from reid.models import BACKBONES, BNNeckHead, ReidModel, build_model, load_pretrained
 from reid.models.heads import POOLINGS, GeneralizedMeanPooling
@@ -17,21 +18,9 @@ HEIGHT, WIDTH = 64, 32
 
 
 def _cfg(**model) -> CfgNode:
-    """The model keys of reid.config.defaults, with their default values."""
-    cfg = CfgNode(
-        {
-            "MODEL": {
-                "BACKBONE": "resnet18",
-                "LAST_STRIDE": 1,
-                "PRETRAINED": False,
-                "PRETRAIN_PATH": "",
-                "POOLING": "avg",
-                "BNNECK": True,
-            },
-            "TEST": {"NECK_FEAT": "after", "FEAT_NORM": True},
-        }
-    )
-    cfg.MODEL.update(model)
+    """The default config with a small backbone and the given MODEL keys."""
+    cfg = get_default_cfg()
+    cfg.MODEL.update({"BACKBONE": "resnet18", **model})
     return cfg
 
 

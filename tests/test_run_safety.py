@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_file_safety import write_payload_checkpoint
-from tiny_run import ROOT, SCHEDULE, error_line, run_tool, tiny
+from tiny_run import ROOT, SCHEDULE, error_line, run, run_tool, tiny
 
 from reid.engine.checkpoint import load_checkpoint
 
@@ -21,32 +21,10 @@ pytestmark = pytest.mark.slow
 CONFIG = ["--config", "configs/demo.yml"]
 
 
-def _stopping_train(args: list[str], stop_after_steps: int) -> list[str]:
-    """``python -c`` arguments running tools/train.py, which sends itself SIGTERM after
-    that many training steps, as a cluster scheduler's preemption would."""
-    script = f"""
-import runpy, signal, sys
-from reid.engine.trainer import Trainer
-original, steps = Trainer.run_step, []
-def run_step(self, images, pids):
-    values = original(self, images, pids)
-    steps.append(1)
-    if len(steps) == {stop_after_steps}:
-        signal.raise_signal(signal.SIGTERM)
-    return values
-Trainer.run_step = run_step
-sys.argv = ["tools/train.py", *{args!r}]
-runpy.run_path("tools/train.py", run_name="__main__")
-"""
-    return [sys.executable, "-c", script]
-
-
 def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained: Path) -> None:
     out = trained.parent / "preempted"
     args = [*CONFIG, *tiny(trained.parent, out), *SCHEDULE]
-    stopped = subprocess.run(
-        _stopping_train(args, stop_after_steps=15), capture_output=True, text=True, timeout=300
-    )
+    stopped = run([sys.executable, str(ROOT / "tests" / "stopping_train.py"), "15", *args])
     assert stopped.returncode == 128 + signal.SIGTERM
     line = error_line(stopped)
     position = re.fullmatch(

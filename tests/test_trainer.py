@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from reid.data import PKSampler
+from reid.data.sampler import Sample
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.trainer import NonFiniteError, Trainer, TrainingInterrupted
 from reid.errors import ReidError
@@ -21,7 +22,7 @@ MAX_EPOCHS = 3
 
 
 class NoisyVectors(Dataset):
-    """Fixed vectors per identity plus fresh noise from the global RNG, like augmentation."""
+    """Fixed vectors per identity plus noise drawn from each sample's seed, like augmentation."""
 
     def __init__(self) -> None:
         generator = torch.Generator().manual_seed(0)
@@ -31,20 +32,25 @@ class NoisyVectors(Dataset):
     def __len__(self) -> int:
         return len(self.pids)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, item: Sample | int) -> tuple[torch.Tensor, int, int]:
+        index, seed = item if isinstance(item, Sample) else (item, 0)
         pid = self.pids[index]
-        return self.centers[pid] + 0.5 * torch.randn(DIM), pid, index % PER_ID
+        noise = torch.randn(DIM, generator=torch.Generator().manual_seed(seed))
+        return self.centers[pid] + 0.5 * noise, pid, index % PER_ID
 
 
 class TinyModel(nn.Module):
+    """A linear embedding with dropout, which draws from the global RNG as it trains."""
+
     def __init__(self) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(0.2)
         self.embed = nn.Linear(DIM, DIM)
         self.neck = nn.BatchNorm1d(DIM)
         self.classifier = nn.Linear(DIM, NUM_IDS, bias=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
-        feat = self.embed(x)
+        feat = self.embed(self.dropout(x))
         if not self.training:
             return self.neck(feat)
         return {"logits": self.classifier(self.neck(feat)), "feat": feat}

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
+TRAIN = ROOT / "tools" / "train.py"
 TINY = [
     "DATASETS.NAME", "synthetic", "DATASETS.SYNTHETIC.NUM_IDENTITIES", "12",
     "DATASETS.SYNTHETIC.NUM_CAMERAS", "3", "MODEL.BACKBONE", "resnet18",
@@ -22,12 +23,20 @@ def tiny(tmp: Path, output_dir: Path) -> list[str]:
     return [*TINY, "DATASETS.ROOT", str(tmp / "data"), "OUTPUT_DIR", str(output_dir)]
 
 
-def run_tool(tool: str, *args: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Runs ``tools/<tool>`` with ``args``; ``python`` are interpreter options before it."""
-    return subprocess.run(
-        [sys.executable, *python, str(ROOT / "tools" / tool), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    """Runs a command from the repository root, capturing its output."""
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``tools/<tool>`` with ``args`` in one process."""
+    return run([sys.executable, str(ROOT / "tools" / tool), *args])
+
+
+def torchrun(script: Path, *args: str, nproc: int = 2) -> list[str]:
+    """The command running ``script`` in ``nproc`` processes on this machine (gloo)."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [sys.executable, *launcher, str(script), *args]
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

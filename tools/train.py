@@ -1,4 +1,7 @@
-"""Train a ReID model: python tools/train.py --config FILE [--resume|--overwrite] [KEY VALUE ...]"""
+"""Train a ReID model: python tools/train.py --config FILE [--resume|--overwrite] [KEY VALUE ...]
+
+On several GPUs or machines: torchrun --nproc_per_node N tools/train.py ... (same arguments).
+"""
 
 import argparse
 import logging
@@ -11,13 +14,13 @@ from reid.engine.run_dir import open_run_dir
 from reid.engine.trainer import Trainer
 from reid.errors import ReidError
 from reid.evaluation import build_eval_options, check_gallery_matches, evaluate_model
-from reid.evaluation.report import format_results, write_metrics
+from reid.evaluation.report import format_results
 from reid.losses import build_loss
 from reid.models import build_model
 from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
+from reid.utils import distributed
 from reid.utils.cli import run_cli
-from reid.utils.env import resolve_device, seed_everything
-from reid.utils.io import write_text
+from reid.utils.env import seed_everything
 from reid.utils.logging import setup_logging
 
 logger = logging.getLogger("reid.train")
@@ -37,12 +40,15 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_cfg(args.config, args.opts)
-    with open_run_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite) as out:
+    timeout = cfg.DISTRIBUTED.TIMEOUT_MINUTES
+    with (
+        distributed.process_group(cfg.MODEL.DEVICE, timeout) as device,
+        open_run_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite) as out,
+    ):
         setup_logging(out)
         seed_everything(cfg.SEED)
-        device = resolve_device(cfg.MODEL.DEVICE)
-
-        dataset = build_dataset(cfg)
+        with distributed.main_first():  # rank 0 generates the synthetic set, if needed
+            dataset = build_dataset(cfg)
         query, gallery = dataset.query, dataset.gallery
         check_gallery_matches(  # before the first epoch, not after it
             [r.pid for r in query], [r.pid for r in gallery],
@@ -70,7 +76,8 @@ def main() -> None:
             loss_optimizer=build_loss_optimizer(cfg, loss_fn),
             amp=cfg.SOLVER.AMP,
             channels_last=cfg.SOLVER.CHANNELS_LAST,
-            extra_state={"config": cfg.dump()},
+            config=cfg.dump(),
+            sync_batchnorm=cfg.DISTRIBUTED.SYNC_BN,
         )
         if args.resume:
             state = load_checkpoint(out / "last.pth", RESUME_ENTRIES, purpose="resume training")
@@ -79,10 +86,9 @@ def main() -> None:
                     f"cannot resume {out / 'last.pth'}, the config changed: {'; '.join(conflicts)}"
                 )
             trainer.load_state(state, str(out / "last.pth"))
-        write_text(out / "config.yaml", cfg.dump())
         metrics = trainer.train()
-        write_metrics(out / "metrics.json", metrics)
-    print(format_results(metrics))
+        if distributed.is_main_process():
+            print(format_results(metrics))
 
 
 if __name__ == "__main__":

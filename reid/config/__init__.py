@@ -296,6 +296,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "LOSS.TRIPLET_WEIGHT": _at_least(0),
     "LOSS.TRIPLET_MARGIN": _at_least(0),
     "LOSS.CENTER_WEIGHT": _at_least(0),
+    "DISTRIBUTED.TIMEOUT_MINUTES": _POSITIVE,
     "TEST.IMS_PER_BATCH": _at_least(1),
     "TEST.EVAL_PERIOD": _at_least(1),
     "TEST.RERANK_K1": _at_least(1),

@@ -111,6 +111,16 @@ _C.LOSS.TRIPLET_NORM_FEAT = False
 _C.LOSS.CENTER_WEIGHT = 0.0
 
 # ---------------------------------------------------------------------------
+# Multi-process training under torchrun (no effect in a single process).
+_C.DISTRIBUTED = CN()
+# SyncBatchNorm: BatchNorm statistics over the global batch, as in one process
+# (torch's on GPUs, reid.models.sync_bn.CpuSyncBatchNorm on CPUs).
+_C.DISTRIBUTED.SYNC_BN = True
+# A collective waiting longer than this (a dead or stuck rank) ends the job, in minutes.
+# Ranks wait for rank 0's ranking at every evaluation, so keep it above that time.
+_C.DISTRIBUTED.TIMEOUT_MINUTES = 30.0
+
+# ---------------------------------------------------------------------------
 _C.TEST = CN()
 # Images per evaluation batch.
 _C.TEST.IMS_PER_BATCH = 128

@@ -7,10 +7,11 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from reid.errors import ReidError
+from reid.utils import distributed
 from reid.utils.io import make_output_dir
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ def open_run_dir(
     """Creates and locks a training's ``OUTPUT_DIR`` for as long as the block runs.
 
     The lock is an OS file lock on ``OUTPUT_DIR/.lock``, released when the process
-    ends however it ends (so a killed run can be resumed at once); the file names
-    the holder for the error a second training gets.
+    ends however it ends (so a killed run can be resumed at once); the file names the
+    holder for the error a second training gets. Under torchrun rank 0 does all this
+    and the other ranks raise its error, if any.
 
     Args:
         output_dir: the run folder, created if missing.
@@ -47,25 +49,32 @@ def open_run_dir(
     """
     if resume and overwrite:
         raise ReidError("--resume and --overwrite exclude each other: choose one")
-    folder = make_output_dir(output_dir)
-    with _exclusive_lock(folder / LOCK_NAME):
-        found = [name for name in RUN_RESULTS if (folder / name).exists()]
-        if resume and not (folder / "last.pth").is_file():
-            raise ReidError(f"nothing to resume: no last.pth in {folder}")
-        if found and not resume:
-            if not overwrite:
-                raise ReidError(
-                    f"{folder} already holds a run ({', '.join(found)}); continue it with "
-                    "--resume, choose another OUTPUT_DIR, or replace it with --overwrite"
-                )
-            for name in RUN_FILES:
-                path = folder / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-            logger.info("removed the previous run's files from %s (--overwrite)", folder)
-        yield folder
+    with ExitStack() as held:
+        with distributed.main_first():  # rank 0 prepares the folder; the others learn how
+            if distributed.is_main_process():
+                folder = make_output_dir(output_dir)
+                held.enter_context(_exclusive_lock(folder / LOCK_NAME))
+                _check_previous_run(folder, resume, overwrite)
+        yield Path(output_dir)
+
+
+def _check_previous_run(folder: Path, resume: bool, overwrite: bool) -> None:
+    found = [name for name in RUN_RESULTS if (folder / name).exists()]
+    if resume and not (folder / "last.pth").is_file():
+        raise ReidError(f"nothing to resume: no last.pth in {folder}")
+    if found and not resume:
+        if not overwrite:
+            raise ReidError(
+                f"{folder} already holds a run ({', '.join(found)}); continue it with "
+                "--resume, choose another OUTPUT_DIR, or replace it with --overwrite"
+            )
+        for name in RUN_FILES:
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        logger.info("removed the previous run's files from %s (--overwrite)", folder)
 
 
 @contextmanager

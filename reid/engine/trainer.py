@@ -20,7 +20,11 @@ from tqdm import tqdm
 
 from reid.engine.checkpoint import load_model_weights, save_checkpoint
 from reid.errors import ReidError
+from reid.evaluation.report import write_metrics
+from reid.models.sync_bn import convert_sync_batchnorm
+from reid.utils import distributed
 from reid.utils.cli import one_line
+from reid.utils.io import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +51,11 @@ class NonFiniteError(ReidError):
 class Trainer:
     """Trains a ReID model epoch by epoch, evaluating every ``eval_period`` epochs.
 
-    After every epoch it writes ``last.pth``, *then* evaluates (so an evaluation error
-    never loses the epoch), then writes ``last.pth`` again with the metrics and
-    ``best.pth`` when mAP improved. A checkpoint holds the model, optimizers,
+    It owns the run folder: ``config.yaml`` at the start, ``metrics.json`` at the end,
+    TensorBoard events (every iteration's scalars, each epoch's means, the metrics)
+    and the checkpoints. After every epoch it writes ``last.pth``, *then* evaluates
+    (so an evaluation error never loses the epoch), then writes ``last.pth`` again
+    with the metrics and ``best.pth`` when mAP improved. A checkpoint holds the model, optimizers,
     scheduler, loss scaler, position, best mAP and the RNG states, so that
     :meth:`load_state` continues a stopped run exactly where it stopped (on the CPU
     with ``num_workers=0``: the same final metrics as an uninterrupted run).
@@ -60,6 +66,10 @@ class Trainer:
     saved already, and a resumed run evaluates it first. A non-finite loss term or
     weight raises :class:`NonFiniteError` before anything is saved, so ``last.pth``
     keeps the last finite state. fp16 steps that the loss scaler skips are not errors.
+
+    Under torchrun every rank runs this loop on its share of each global batch: the
+    model is wrapped in DDP, logged scalars are averaged over ranks, the ranks agree
+    on a stop, center-loss gradients are averaged, and only rank 0 writes files.
 
     Args:
         model: returns ``{"logits": (B, C), "feat": (B, D)}`` in train mode.
@@ -76,8 +86,11 @@ class Trainer:
         loss_optimizer: steps the loss's own parameters (center-loss centers).
         amp: mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.
         channels_last: channels-last memory format on CUDA.
-        extra_state: stored in every checkpoint as is (the resolved config).
+        config: the resolved config as YAML: stored in every checkpoint (``--resume``
+            compares it) and written to ``config.yaml``.
         handle_signals: catch SIGTERM / SIGINT as described above (main thread only).
+        sync_batchnorm: with several ranks, BatchNorm statistics over the global batch
+            (:func:`reid.models.sync_bn.convert_sync_batchnorm`), as in one process.
     """
 
     def __init__(
@@ -96,8 +109,9 @@ class Trainer:
         loss_optimizer: torch.optim.Optimizer | None = None,
         amp: bool = True,
         channels_last: bool = True,
-        extra_state: dict | None = None,
+        config: str = "",
         handle_signals: bool = True,
+        sync_batchnorm: bool = True,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -110,7 +124,7 @@ class Trainer:
         self.evaluate = evaluate
         self.eval_period = eval_period
         self.loss_optimizer = loss_optimizer
-        self.extra_state = extra_state or {}
+        self.config = config
         self.handle_signals = handle_signals
         on_cuda = device.type == "cuda"
         self.amp_dtype = None
@@ -122,6 +136,9 @@ class Trainer:
         if channels_last and on_cuda:
             self.memory_format = torch.channels_last
             self.model.to(memory_format=self.memory_format)
+        if sync_batchnorm and distributed.world_size() > 1:
+            convert_sync_batchnorm(model, device)
+        self.net = distributed.wrap_model(model, device)  # the model for training steps
         # Position: completed epochs, then iterations done into the next one.
         self.start_epoch = 0
         self.start_iteration = 0
@@ -130,7 +147,8 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         # Mean of each logged scalar per epoch, in order.
         self.history: list[dict[str, float]] = []
-        self.writer = SummaryWriter(self.output_dir / "tensorboard")
+        main = distributed.is_main_process()
+        self.writer = SummaryWriter(self.output_dir / "tensorboard") if main else None
         self._resume_sums: dict[str, float] = {}
         self._resume_rng: dict[str, Any] | None = None
         self._stop_signal: int | None = None
@@ -152,12 +170,13 @@ class Trainer:
             Scalars to log: each loss term and the batch accuracy.
         """
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = self.model(images)
+            outputs = self.net(images)
             losses = self.loss_fn(outputs, pids)
         optimizers = [o for o in (self.optimizer, self.loss_optimizer) if o is not None]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
+        distributed.average_gradients(self.loss_fn.parameters())  # DDP does the model's
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
@@ -172,6 +191,8 @@ class Trainer:
             NonFiniteError: a NaN or infinite loss or weight; nothing was saved.
             ReidError: evaluation failed; the message says where the weights are.
         """
+        if distributed.is_main_process():
+            write_text(self.output_dir / "config.yaml", self.config)
         with self._catching_stop_signals():
             if self.pending_eval:
                 self._evaluate_and_save(self.start_epoch)
@@ -187,7 +208,9 @@ class Trainer:
                     self._evaluate_and_save(done)
             if not self.metrics and self.evaluate is not None:  # resumed a finished run
                 self.metrics = self.evaluate()
-        self.writer.close()
+        if distributed.is_main_process():
+            self.writer.close()
+            write_metrics(self.output_dir / "metrics.json", self.metrics)
         return self.metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -211,13 +234,17 @@ class Trainer:
             initial=first,
             desc=f"epoch {epoch + 1}/{self.max_epochs}",
             leave=False,
+            disable=not distributed.is_main_process(),
         )
         seen, start = 0, time.perf_counter()
         for step, (images, pids, _) in enumerate(bar, start=first):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             lr = self.optimizer.param_groups[0]["lr"]
             values = self.run_step(images, pids.to(self.device, non_blocking=True))
+            values = distributed.mean_over_ranks(values)  # what one process would log
             self.scheduler.step()
+            iteration = epoch * num_batches + step + 1
+            self._log_scalars("train_iter", {**values, "lr": lr}, iteration)
             where = f"epoch {epoch + 1}, iteration {step + 1}/{num_batches}"
             if not all(math.isfinite(value) for value in values.values()):
                 terms = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
@@ -231,13 +258,10 @@ class Trainer:
             averages = {name: total / (step + 1) for name, total in sums.items()}
             speed = seen / (time.perf_counter() - start)
             bar.set_postfix({**averages, "lr": f"{lr:.1e}", "img/s": f"{speed:.0f}"}, refresh=False)
-            if self._stop_signal is not None and step + 1 < num_batches:
+            if step + 1 < num_batches and self._stop_asked():
                 self.save(epoch, iteration=step + 1, epoch_sums=sums)
                 self._stop_if_asked(f"at {where}; saved {self.last_path}")
-        iteration = (epoch + 1) * num_batches
-        for name, value in averages.items():
-            self.writer.add_scalar(f"train/{name}", value, iteration)
-        self.writer.add_scalar("train/lr", lr, iteration)
+        self._log_scalars("train", {**averages, "lr": lr}, (epoch + 1) * num_batches)
         summary = " ".join(f"{name} {value:.4f}" for name, value in averages.items())
         logger.info(
             "epoch %d/%d: %s lr %.2e %.0f img/s", epoch + 1, self.max_epochs, summary, lr, speed
@@ -246,8 +270,7 @@ class Trainer:
 
     def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
         """Logs evaluation metrics to the log and TensorBoard."""
-        for name, value in metrics.items():
-            self.writer.add_scalar(f"eval/{name}", value, epoch)
+        self._log_scalars("eval", metrics, epoch)
         text = " ".join(f"{name} {100 * value:.2f}%" for name, value in metrics.items())
         logger.info("epoch %d evaluation: %s", epoch, text)
 
@@ -292,13 +315,14 @@ class Trainer:
             "metrics": self.metrics,
             "best_map": self.best_map,
             "rng": _rng_states(),
-            **self.extra_state,
+            "config": self.config,
         }
         if self.loss_optimizer is not None:
             state["loss_optimizer"] = self.loss_optimizer.state_dict()
-        save_checkpoint(self.last_path, state)
-        if best:
-            save_checkpoint(self.output_dir / "best.pth", state)
+        if distributed.is_main_process():
+            save_checkpoint(self.last_path, state)
+            if best:
+                save_checkpoint(self.output_dir / "best.pth", state)
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Restores everything :meth:`save` wrote, to continue from its position."""
@@ -360,14 +384,24 @@ class Trainer:
             return f"stopped without saving; {self.last_path} holds the last finite state"
         return "stopped without saving"
 
+    def _log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def _stop_asked(self) -> bool:
+        """Whether a stop signal reached any rank; every rank must ask at the same point."""
+        return distributed.any_rank(self._stop_signal is not None)
+
     def _stop_if_asked(self, where: str) -> None:
-        if self._stop_signal is not None:
-            raise TrainingInterrupted(self._stop_signal, f"{where}; continue with --resume")
+        if self._stop_asked():
+            signum = self._stop_signal or signal.SIGTERM  # another rank's, under torchrun
+            raise TrainingInterrupted(signum, f"{where}; continue with --resume")
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
         if self._stop_now is not None:  # nothing unsaved to lose: stop at once
-            self._stop_if_asked(self._stop_now)
+            raise TrainingInterrupted(signum, f"{self._stop_now}; continue with --resume")
 
     @contextmanager
     def _catching_stop_signals(self) -> Iterator[None]:

@@ -14,6 +14,7 @@ from yacs.config import CfgNode
 from reid.evaluation.feature_ranking import evaluate_features, pairwise_distance
 from reid.evaluation.metrics import evaluate_rank
 from reid.evaluation.rerank import re_ranking
+from reid.utils import distributed
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,23 @@ def extract_features(
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Runs the model in eval mode over a loader of ``(images, pids, camids)``.
 
+    Under torchrun each rank's loader holds its contiguous share of the images
+    (``build_test_loader``); the shares are gathered back in order on every rank.
+
     Returns:
         Features (N, D) float32 on CPU, pids (N,) and camids (N,).
     """
     was_training = model.training
     model.eval()
     feats, pids, camids = [], [], []
-    for images, batch_pids, batch_camids in tqdm(loader, desc="features", leave=False):
+    batches = tqdm(loader, desc="features", leave=False, disable=not distributed.is_main_process())
+    for images, batch_pids, batch_camids in batches:
         feats.append(embed(model, images.to(device, non_blocking=True), flip).cpu())
-        pids.append(batch_pids.numpy())
-        camids.append(batch_camids.numpy())
+        pids.append(batch_pids)
+        camids.append(batch_camids)
     model.train(was_training)
-    return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
+    feats, pids, camids = (distributed.all_gather_rows(torch.cat(x)) for x in (feats, pids, camids))
+    return feats, pids.numpy(), camids.numpy()
 
 
 def gallery_distances(
@@ -144,7 +150,10 @@ def evaluate_model(
         ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions in [0, 1].
     """
     feats, pids, camids = extract_features(model, loader, device, flip)
-    return summarize(*rank_gallery(feats, pids, camids, num_query, metric, rerank))
+    # Ranking runs once, on rank 0; the other ranks wait for its metrics.
+    return distributed.on_main(
+        lambda: summarize(*rank_gallery(feats, pids, camids, num_query, metric, rerank))
+    )
 
 
 def build_eval_options(cfg: CfgNode) -> dict:

@@ -8,6 +8,7 @@ from reid.errors import ReidError
 from reid.losses.center import CenterLoss
 from reid.losses.cross_entropy import CrossEntropyLabelSmooth
 from reid.losses.triplet import TripletLoss
+from reid.utils import distributed
 
 
 class ReidLoss(nn.Module):
@@ -15,6 +16,17 @@ class ReidLoss(nn.Module):
 
     Cross-entropy uses the model's ``logits``; triplet and center losses use its
     pre-BNNeck ``feat``. A term whose weight is 0 is neither built nor computed.
+
+    Multi-process training (torchrun, W ranks, each holding B / W samples of the
+    global batch): the triplet term mines over the *global* batch. Each rank
+    all-gathers every rank's features, with gradient, and their pids, so every rank
+    computes the same loss ``T`` as one process would. Backward through the all-gather
+    sums, for each rank's own rows, the gradients that all W ranks' copies of ``T``
+    send them: ``W * dT/df``. DDP then averages the parameter gradients over ranks,
+    dividing by ``W``, which leaves exactly ``dT/dtheta`` of one process. Cross-entropy
+    and center loss stay per rank: each is a mean over the rank's equal share, and
+    DDP's average of those means is the global mean. So the gradient of every term
+    equals the single-process one, up to floating-point summation order.
 
     Center loss training (Bag-of-Tricks): the centers are the only parameters of
     this module, and not the model's. Step them with their own optimizer, plain SGD
@@ -100,10 +112,17 @@ class ReidLoss(nn.Module):
         if self.ce_loss is not None:
             terms["ce"] = self.weights["ce"] * self.ce_loss(outputs["logits"], pids)
         if self.triplet_loss is not None:
-            terms["triplet"] = self.weights["triplet"] * self.triplet_loss(outputs["feat"], pids)
+            feats = distributed.all_gather_with_grad(outputs["feat"])
+            labels = distributed.all_gather_rows(pids)
+            terms["triplet"] = self.weights["triplet"] * self.triplet_loss(feats, labels)
         if self.center_loss is not None:
             terms["center"] = self.weights["center"] * self.center_loss(outputs["feat"], pids)
-        terms["total"] = torch.stack(list(terms.values())).sum()
+        total = torch.stack(list(terms.values())).sum()
+        if self.ce_loss is None and "logits" in outputs:
+            # The classifier still gets a gradient, of zero: distributed training (DDP)
+            # needs every parameter to get one in every step.
+            total = total + 0.0 * outputs["logits"].sum()
+        terms["total"] = total
         return terms
 
     def center_parameters(self) -> list[nn.Parameter]:
