@@ -7,6 +7,8 @@ Example::
     extract = FeatureExtractor("output/market_r50")  # run dir: config.yaml + best.pth
     feats = extract(["a.jpg", "b.jpg"])  # (2, D) float32 on the CPU
     distmat = torch.cdist(feats, feats)
+
+    onnx = FeatureExtractor("output/market_r50/model.onnx")  # the same, in ONNX Runtime
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from yacs.config import CfgNode
 
 from reid.config import load_cfg
 from reid.data.image_dataset import read_image
-from reid.data.transforms import build_test_transform
+from reid.data.transforms import resize_for_test
+from reid.deploy import DeployModel, OnnxModel
 from reid.engine.checkpoint import build_trained_model
 from reid.errors import ReidError
-from reid.evaluation.evaluator import embed
 from reid.utils.env import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -42,63 +44,67 @@ _EXPECTED = "an image path, a PIL image, a uint8 array (H, W, 3) or a uint8 tens
 class FeatureExtractor:
     """Loads a trained model once and maps images to its test features.
 
-    Images go through the model's test-time preprocessing (resize to
-    ``INPUT.SIZE_TEST``, normalise by ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``) in batches,
-    with gradients off. Features are what evaluation ranks with: ``TEST.NECK_FEAT``
-    selects the feature, and rows are L2-normalised when ``TEST.FEAT_NORM`` is True.
-
-    With ``TEST.FLIP`` True, each image's
-    feature is the mean of the model's features of the image and of its horizontal
-    mirror, re-normalised when ``TEST.FEAT_NORM``. The batch step is evaluation's own
-    :func:`reid.evaluation.evaluator.embed`, so deployed features are exactly the ones
-    that were evaluated.
+    The model is a run (PyTorch) or a graph exported by ``tools/export.py`` (ONNX
+    Runtime); both take the same inputs and give the same features. Each image is
+    resized to the test size by :func:`reid.data.transforms.resize_for_test`, the
+    resize evaluation uses, and fed as uint8 pixels to the model, which normalises
+    them (``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``) and returns what evaluation ranks
+    with: the ``TEST.NECK_FEAT`` feature, L2-normalised when ``TEST.FEAT_NORM``, and
+    with ``TEST.FLIP`` the mean of the image's and its mirror's features. With
+    PyTorch this is :class:`reid.deploy.DeployModel`, built on evaluation's own
+    functions, so deployed features are exactly the ones that were evaluated.
 
     Args:
-        config_or_run_dir: a YAML config file, a run directory (its ``config.yaml`` is
-            read) or a config tree.
-        weights: a checkpoint (``{"model": state_dict, ...}``). By default a run
-            directory's ``best.pth``, else its ``last.pth``; for a config file or tree,
-            its ``TEST.WEIGHT``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``-style names.
+        model: a run directory (its ``config.yaml`` is read), a YAML config file or
+            a config tree, or an exported ``.onnx`` file.
+        weights: for a run: a checkpoint (``{"model": state_dict, ...}``). By default
+            a run directory's ``best.pth``, else its ``last.pth``; for a config file or
+            tree, its ``TEST.WEIGHT``. Not used with ``.onnx``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``-style names (ONNX
+            Runtime: CUDA when onnxruntime-gpu provides it).
         batch_size: images per forward pass.
 
     Raises:
-        ReidError: a missing or unreadable config or checkpoint, no weights to load,
-            weights that do not fit the configured model, or ``batch_size`` below 1.
+        ReidError: a missing or unreadable config, checkpoint or graph, no weights to
+            load, weights that do not fit the configured model, or a bad argument.
     """
 
     def __init__(
         self,
-        config_or_run_dir: str | Path | CfgNode,
+        model: str | Path | CfgNode,
         weights: str | Path | None = None,
         device: str = "auto",
         batch_size: int = 64,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ReidError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.cfg, weights = _resolve_config_and_weights(config_or_run_dir, weights)
         self.batch_size = batch_size
-        self.device = resolve_device(device)
-        self.flip = self.cfg.TEST.FLIP
-        self.transform = build_test_transform(
-            self.cfg.INPUT.SIZE_TEST, self.cfg.INPUT.PIXEL_MEAN, self.cfg.INPUT.PIXEL_STD
-        )
-
-        self.model = build_trained_model(self.cfg, weights).to(self.device).eval()
-        self.weights = Path(weights)
+        if isinstance(model, str | Path) and Path(model).suffix == ".onnx":
+            self.backend = OnnxModel(model, device)
+            self.size = self.backend.metadata.input_size
+            self.feat_dim = self.backend.metadata.feat_dim
+            self.metric = self.backend.metadata.metric
+            self.device = torch.device(self.backend.device)
+            self.source = Path(model)
+        else:
+            cfg, weights = resolve_run(model, weights)
+            self.device = resolve_device(device)
+            trained = build_trained_model(cfg, weights)
+            self.backend = DeployModel(
+                trained, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, cfg.TEST.FLIP
+            ).to(self.device)
+            self.cfg = cfg
+            self.size = tuple(cfg.INPUT.SIZE_TEST)
+            self.feat_dim = trained.feat_dim
+            self.metric = cfg.TEST.METRIC
+            self.source = Path(weights)
         logger.info(
-            "feature extractor: %s from %s on %s (D=%d, flip=%s)",
-            self.cfg.MODEL.BACKBONE,
-            weights,
+            "feature extractor: %s on %s (D=%d, input %dx%d)",
+            self.source,
             self.device,
             self.feat_dim,
-            self.flip,
+            *self.size,
         )
-
-    @property
-    def feat_dim(self) -> int:
-        """Dimension ``D`` of the returned features."""
-        return self.model.feat_dim
 
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
         """Extracts one feature per image.
@@ -120,23 +126,31 @@ class FeatureExtractor:
         for index, item in enumerate(items):
             _check_item(index, item)
         feats = []
-        with torch.inference_mode():
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start : start + self.batch_size]
-                batch = torch.stack(
-                    [self.transform(_to_pil(start + i, item)) for i, item in enumerate(chunk)]
-                )
-                feats.append(embed(self.model, batch.to(self.device), self.flip).cpu())
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            pixels = np.stack(
+                [self.pixels(_to_pil(start + i, item)) for i, item in enumerate(chunk)]
+            )
+            feats.append(self.embed_pixels(pixels))
         if not feats:
             return torch.empty(0, self.feat_dim)
-        # Concatenating outside inference mode returns an ordinary tensor, which callers
-        # may modify in place.
         return torch.cat(feats)
 
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """An RGB image as the model's input: uint8 ``(3, H, W)`` at the test size."""
+        return np.asarray(resize_for_test(image, self.size)).transpose(2, 0, 1)
 
-def _resolve_config_and_weights(
-    source: str | Path | CfgNode, weights: str | Path | None
-) -> tuple[CfgNode, Path]:
+    def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """Features ``(N, D)`` float32 on the CPU of a uint8 ``(N, 3, H, W)`` batch."""
+        if isinstance(self.backend, OnnxModel):
+            return self.backend(np.ascontiguousarray(pixels))
+        with torch.inference_mode():
+            feats = self.backend(torch.from_numpy(pixels).to(self.device)).cpu()
+        # Cloned outside inference mode: an ordinary tensor, which callers may modify.
+        return feats.clone()
+
+
+def resolve_run(source: str | Path | CfgNode, weights: str | Path | None) -> tuple[CfgNode, Path]:
     """The config tree and the checkpoint path that ``FeatureExtractor`` loads."""
     if isinstance(source, CfgNode):
         cfg = source

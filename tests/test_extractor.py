@@ -119,15 +119,17 @@ def test_flip_gives_the_features_evaluation_uses(extractor, run_dir, pictures) -
     ]
     torch.testing.assert_close(flipped, flip_extractor(mirrored), atol=1e-3, rtol=1e-3)
 
-    batch = torch.stack([flip_extractor.transform(Image.open(p).convert("RGB")) for p in pictures])
-    torch.testing.assert_close(flipped, embed(flip_extractor.model, batch, flip=True))
+    # The evaluation pipeline (test transform, then embed) gives the very same features.
+    transform = build_test_transform(cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in pictures])
+    torch.testing.assert_close(flipped, embed(flip_extractor.backend.model, batch, flip=True))
 
 
 def test_run_dir_falls_back_to_last_pth(run_dir, tmp_path, pictures) -> None:
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     (tmp_path / "last.pth").write_bytes((run_dir / "best.pth").read_bytes())
     extractor = FeatureExtractor(tmp_path, device="cpu")
-    assert extractor.weights == tmp_path / "last.pth"
+    assert extractor.source == tmp_path / "last.pth"
     (tmp_path / "last.pth").unlink()
     with pytest.raises(ReidError, match="no best.pth or last.pth"):
         FeatureExtractor(tmp_path, device="cpu")

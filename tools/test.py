@@ -1,73 +1,8 @@
-"""Evaluate a checkpoint: python tools/test.py --config FILE TEST.WEIGHT CKPT [KEY VALUE ...]
+"""Evaluate a checkpoint (reid/tools/test.py; installed as reid-test)."""
 
-Results go to OUTPUT_DIR/test/ (metrics.json, log.txt, visual/), never over a training's files.
-"""
-
-import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-from torch.utils.tensorboard import SummaryWriter
-
-from reid.config import load_cfg
-from reid.data import build_dataset, build_test_loader
-from reid.engine.checkpoint import build_trained_model
-from reid.errors import ReidError
-from reid.evaluation import build_eval_options, extract_features, rank_gallery
-from reid.evaluation.evaluator import gallery_distances, summarize
-from reid.evaluation.report import format_results, write_metrics
-from reid.utils.cli import run_cli
-from reid.utils.env import resolve_device
-from reid.utils.io import make_output_dir
-from reid.utils.logging import setup_logging
-from reid.utils.visualization import draw_cmc_curve, draw_ranked_lists, log_images_to_tensorboard
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML file of keys that differ")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    args = parser.parse_args()
-
-    cfg = load_cfg(args.config, args.opts)
-    if not cfg.TEST.WEIGHT:
-        raise ReidError("no checkpoint to evaluate: pass TEST.WEIGHT path/to/best.pth")
-    out = make_output_dir(Path(cfg.OUTPUT_DIR) / "test")
-    setup_logging(out)
-    device = resolve_device(cfg.MODEL.DEVICE)
-    model = build_trained_model(cfg, cfg.TEST.WEIGHT)
-
-    dataset = build_dataset(cfg)
-    test_loader, num_query = build_test_loader(cfg, dataset)
-
-    options = build_eval_options(cfg)
-    feats, pids, camids = extract_features(model.to(device), test_loader, device, options["flip"])
-    cmc, mean_ap, mean_inp = rank_gallery(
-        feats, pids, camids, num_query, options["metric"], options["rerank"]
-    )
-    metrics = summarize(cmc, mean_ap, mean_inp)
-    write_metrics(
-        out / "metrics.json",
-        {**metrics, "cmc": cmc.tolist(), "weight": cfg.TEST.WEIGHT},
-    )
-    print(format_results(metrics))
-
-    if cfg.TEST.VISUALIZE_QUERIES:
-        visual = out / "visual"
-        rows = np.linspace(0, num_query - 1, min(cfg.TEST.VISUALIZE_QUERIES, num_query))
-        rows = sorted(set(rows.round().astype(int).tolist()))  # spread over identities
-        distmat = gallery_distances(feats, num_query, options["metric"], options["rerank"], rows)
-        queries = [dataset.query[i] for i in rows]
-        ranked = draw_ranked_lists(
-            distmat, queries, dataset.gallery, visual / "ranked", max_queries=None
-        )
-        curve = draw_cmc_curve(cmc, visual / "cmc.png")
-        with SummaryWriter(out / "tensorboard") as writer:
-            log_images_to_tensorboard(writer, ranked, "ranked_lists")
-            log_images_to_tensorboard(writer, [curve], "cmc")
-        print(f"ranked lists and CMC curve in {visual}")
-
+from reid.tools.test import cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

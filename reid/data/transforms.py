@@ -1,8 +1,10 @@
 """Image transforms: the Bag-of-Tricks training recipe and the test resize."""
 
+import functools
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 
@@ -39,8 +41,20 @@ def build_train_transform(
 def build_test_transform(
     size: Sequence[int], mean: Sequence[float], std: Sequence[float]
 ) -> v2.Compose:
-    """Resize and normalise: a PIL image to a float tensor (3, H, W)."""
-    return v2.Compose([v2.Resize(tuple(size)), *_to_normalized_tensor(mean, std)])
+    """Resize (:func:`resize_for_test`) and normalise: a PIL image to a float tensor (3, H, W)."""
+    resize = v2.Lambda(functools.partial(resize_for_test, size=tuple(size)))
+    return v2.Compose([resize, *_to_normalized_tensor(mean, std)])
+
+
+def resize_for_test(image: Image.Image, size: Sequence[int]) -> Image.Image:
+    """The test-time resize to ``[H, W]``: Pillow's bilinear (antialiased) filter.
+
+    The one resize of evaluation, :class:`reid.FeatureExtractor` (PyTorch and ONNX
+    Runtime alike) and the parity check of exported models, so that the same picture
+    gives the same pixels in all of them.
+    """
+    height, width = size
+    return image.resize((width, height), Image.Resampling.BILINEAR)
 
 
 def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list[torch.nn.Module]:

@@ -109,6 +109,42 @@ def pairwise_distance(
     return out
 
 
+def nearest_gallery(
+    query_feats: np.ndarray | torch.Tensor,
+    gallery_feats: np.ndarray | torch.Tensor,
+    k: int,
+    metric: str = "cosine",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``k`` nearest gallery items, in memory bounded like evaluation.
+
+    Distances are computed one block of queries at a time, with the recipe of
+    :func:`pairwise_distance`, and only the ``k`` best of each row are kept, so a
+    100k-image gallery needs no query-by-gallery matrix. Ties keep gallery order.
+
+    Args:
+        query_feats: (num_query, dim).
+        gallery_feats: (num_gallery, dim).
+        k: neighbours per query; at most ``num_gallery`` are returned.
+        metric: ``"cosine"`` or ``"euclidean"``.
+
+    Returns:
+        ``(distances, indices)``, both (num_query, min(k, num_gallery)), nearest first,
+        on the CPU.
+    """
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    query, gallery = _check_features(query_feats, gallery_feats, metric)
+    blocks = _DistanceBlocks(query, gallery, metric, device=None)
+    k = min(k, blocks.num_gallery)
+    distances, indices = [], []
+    for start, stop in blocks.grid():
+        block = blocks.compute(start, stop)
+        order = torch.argsort(block, dim=1, stable=True)[:, :k]
+        distances.append(torch.gather(block, 1, order).cpu())
+        indices.append(order.cpu())
+    return torch.cat(distances), torch.cat(indices)
+
+
 def evaluate_features(
     query_feats: np.ndarray | torch.Tensor,
     gallery_feats: np.ndarray | torch.Tensor,

@@ -45,6 +45,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "correct": (0, 170, 0),
     "wrong": (220, 0, 0),
     "ignored": (150, 150, 150),
+    "result": (90, 110, 140),
 }
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
@@ -119,11 +120,11 @@ def draw_ranked_lists(
     for index in _select_queries(num_query, max_queries):
         q_path, q_pid, q_camid = query_records[index]
         entries = _rank_entries(dist[index], q_pid, q_camid, g_pids, g_camids, topk)
-        tiles = [_tile(load(str(q_path)), "query", "query", q_pid, q_camid, font)]
+        tiles = [_tile(load(str(q_path)), "query", ("query", f"pid {q_pid} c{q_camid}"), font)]
         for g_index, status, rank in entries:
             g_path, g_pid, g_camid = gallery_records[g_index]
             label = f"#{rank}" if rank else ("junk" if g_pid == JUNK_PID else "same cam")
-            tiles.append(_tile(load(str(g_path)), status, label, g_pid, g_camid, font))
+            tiles.append(_tile(load(str(g_path)), status, (label, f"pid {g_pid} c{g_camid}"), font))
         path = out_dir / f"query_{index:04d}_pid{q_pid:04d}.png"
         _compose_row(tiles).save(path)
         written.append(path)
@@ -191,9 +192,41 @@ def _rank_entries(
     return entries
 
 
-def _tile(
-    image: Image.Image, status: str, label: str, pid: int, camid: int, font: _Font
-) -> Image.Image:
+def draw_search_result(
+    query_path: str | Path,
+    results: Sequence[tuple[str | Path, float]],
+    out_path: str | Path,
+    image_size: tuple[int, int] = (128, 64),
+) -> Path:
+    """Writes one PNG: the query, then its ranked results with their rank and distance.
+
+    For unlabelled images (``tools/search.py``): no correct / wrong colouring.
+
+    Args:
+        query_path: the query image.
+        results: ``(path, distance)`` pairs, nearest first.
+        out_path: the PNG to write; its folder is created if missing.
+        image_size: ``(H, W)`` of every drawn image.
+
+    Returns:
+        ``out_path`` as a Path.
+    """
+    height, width = image_size
+    font = _font(10)
+
+    def load(path: str | Path) -> Image.Image:
+        return read_image(str(path)).resize((width, height), Image.Resampling.BILINEAR)
+
+    tiles = [_tile(load(query_path), "query", ("query", ""), font)]
+    for rank, (path, distance) in enumerate(results, start=1):
+        tiles.append(_tile(load(path), "result", (f"#{rank}", f"d {distance:.3f}"), font))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _compose_row(tiles).save(out_path)
+    return out_path
+
+
+def _tile(image: Image.Image, status: str, lines: tuple[str, str], font: _Font) -> Image.Image:
     """One framed image with its two label lines; ignored items are greyed and dimmed."""
     width, height = image.size
     if status == "ignored":
@@ -210,7 +243,7 @@ def _tile(
     tile.paste(image, (TILE_BORDER, TILE_BORDER))
     text_color = COLORS["ignored"] if status == "ignored" else _BLACK
     top = height + 2 * TILE_BORDER + 1
-    for line, text in enumerate((label, f"pid {pid} c{camid}")):
+    for line, text in enumerate(lines):
         _centered_text(
             draw, tile.width / 2, top + line * (LABEL_HEIGHT // 2), text, font, text_color
         )

@@ -1,0 +1,95 @@
+"""Train a ReID model: python tools/train.py --config FILE [--resume|--overwrite] [KEY VALUE ...]
+
+On several GPUs or machines: torchrun --nproc_per_node N tools/train.py ... (same arguments).
+"""
+
+import argparse
+import logging
+
+from reid.config import load_cfg, resume_conflicts
+from reid.data import build_dataset, build_test_loader, build_train_loader
+from reid.engine.checkpoint import load_checkpoint
+from reid.engine.run_dir import open_run_dir
+from reid.engine.trainer import Trainer
+from reid.errors import ReidError
+from reid.evaluation import build_eval_options, check_gallery_matches, evaluate_model
+from reid.evaluation.report import format_results
+from reid.losses import build_loss
+from reid.models import build_model
+from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
+from reid.utils import distributed
+from reid.utils.cli import run_cli
+from reid.utils.env import seed_everything
+from reid.utils.logging import setup_logging
+
+logger = logging.getLogger("reid.train")
+
+# What a checkpoint must hold for --resume.
+RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "loss", "epoch", "rng", "config")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML file of keys that differ")
+    parser.add_argument("--resume", action="store_true", help="continue OUTPUT_DIR/last.pth")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    args = parser.parse_args()
+
+    cfg = load_cfg(args.config, args.opts)
+    timeout = cfg.DISTRIBUTED.TIMEOUT_MINUTES
+    with (
+        distributed.process_group(cfg.MODEL.DEVICE, timeout) as device,
+        open_run_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite) as out,
+    ):
+        setup_logging(out)
+        seed_everything(cfg.SEED)
+        with distributed.main_first():  # rank 0 generates the synthetic set, if needed
+            dataset = build_dataset(cfg)
+        query, gallery = dataset.query, dataset.gallery
+        check_gallery_matches(  # before the first epoch, not after it
+            [r.pid for r in query], [r.pid for r in gallery],
+            [r.camid for r in query], [r.camid for r in gallery],
+        )  # fmt: skip
+        train_loader = build_train_loader(cfg, dataset)
+        test_loader, num_query = build_test_loader(cfg, dataset)
+        num_classes = dataset.num_train_pids
+        model = build_model(cfg, num_classes=num_classes).to(device)
+        loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
+        optimizer = build_optimizer(cfg, model)
+        trainer = Trainer(
+            model,
+            loss_fn,
+            optimizer,
+            build_scheduler(cfg, optimizer, len(train_loader)),
+            train_loader,
+            device=device,
+            max_epochs=cfg.SOLVER.MAX_EPOCHS,
+            output_dir=out,
+            evaluate=lambda: evaluate_model(
+                model, test_loader, num_query, device, **build_eval_options(cfg)
+            ),
+            eval_period=cfg.TEST.EVAL_PERIOD,
+            loss_optimizer=build_loss_optimizer(cfg, loss_fn),
+            amp=cfg.SOLVER.AMP,
+            channels_last=cfg.SOLVER.CHANNELS_LAST,
+            config=cfg.dump(),
+            sync_batchnorm=cfg.DISTRIBUTED.SYNC_BN,
+        )
+        if args.resume:
+            state = load_checkpoint(out / "last.pth", RESUME_ENTRIES, purpose="resume training")
+            if conflicts := resume_conflicts(state["config"], cfg):
+                raise ReidError(
+                    f"cannot resume {out / 'last.pth'}, the config changed: {'; '.join(conflicts)}"
+                )
+            trainer.load_state(state, str(out / "last.pth"))
+        metrics = trainer.train()
+        if distributed.is_main_process():
+            print(format_results(metrics))
+
+
+def cli() -> int:
+    """Runs :func:`main` with one-line errors; returns the exit code."""
+    return run_cli(main)
