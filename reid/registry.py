@@ -21,6 +21,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._families: dict[str, Callable[[str], T]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers its target under ``name``."""
@@ -33,12 +34,23 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_family(self, prefix: str, resolve: Callable[[str], T]) -> None:
+        """Makes every name ``prefix + member`` resolve to ``resolve(member)``.
+
+        For open-ended families such as ``torchvision/<any model>``, too many to
+        register one by one; ``resolve`` raises UnknownNameError for a bad member.
+        """
+        self._families[prefix] = resolve
+
     def get(self, name: str) -> T:
         """Returns the entry for ``name``; an unknown name lists the available ones."""
-        if name not in self._entries:
-            available = ", ".join(self.names())
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {available}")
-        return self._entries[name]
+        if name in self._entries:
+            return self._entries[name]
+        for prefix, resolve in self._families.items():
+            if name.startswith(prefix):
+                return resolve(name[len(prefix) :])
+        available = ", ".join(self.names() + [f"{prefix}<name>" for prefix in self._families])
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {available}")
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

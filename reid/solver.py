@@ -8,6 +8,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from yacs.config import CfgNode
 
+from reid.errors import ReidError
+from reid.losses import ReidLoss
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
 
 def make_optimizer(
     params: list[tuple[str, nn.Parameter]],
@@ -18,12 +23,13 @@ def make_optimizer(
     weight_decay_bias: float = 5e-4,
     momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """Adam or SGD with one group for weights and one for biases (Bag-of-Tricks).
+    """Adam, AdamW or SGD with one group for weights and one for biases (Bag-of-Tricks).
 
     Args:
         params: ``(name, parameter)`` pairs, e.g. ``model.named_parameters()``;
             frozen parameters (the BNNeck bias) are left out.
-        name: ``"adam"`` or ``"sgd"``.
+        name: ``"adam"`` (L2 weight decay in the gradient), ``"adamw"`` (decoupled
+            weight decay, Loshchilov & Hutter) or ``"sgd"`` (with ``momentum``).
         bias_lr_factor: bias learning rate = ``lr * bias_lr_factor``.
         weight_decay_bias: weight decay of biases.
     """
@@ -36,7 +42,11 @@ def make_optimizer(
     groups = [g for g in groups if g["params"]]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ReidError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
 def warmup_factor(
@@ -62,11 +72,17 @@ def warmup_factor(
     return gamma ** sum(epoch >= step for step in steps)
 
 
-def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """The model's optimizer from ``SOLVER.*``."""
+def build_optimizer(
+    cfg: CfgNode, model: nn.Module, loss_fn: ReidLoss | None = None
+) -> torch.optim.Optimizer:
+    """The model's optimizer from ``SOLVER.*``; it also steps the parameters of loss
+    terms that train with the model (margin classifiers' class weights)."""
     solver = cfg.SOLVER
+    params = list(model.named_parameters())
+    if loss_fn is not None:
+        params += loss_fn.model_optimizer_parameters()
     return make_optimizer(
-        list(model.named_parameters()),
+        params,
         name=solver.OPTIMIZER,
         lr=solver.BASE_LR,
         weight_decay=solver.WEIGHT_DECAY,
@@ -100,8 +116,9 @@ def build_scheduler(
     return LambdaLR(optimizer, factor)
 
 
-def build_loss_optimizer(cfg: CfgNode, loss_fn: nn.Module) -> torch.optim.Optimizer | None:
-    """Plain SGD at ``SOLVER.CENTER_LR`` for the loss's own parameters (center-loss
-    centers, Bag-of-Tricks); None when the loss has none."""
-    params = list(loss_fn.parameters())
-    return torch.optim.SGD(params, lr=cfg.SOLVER.CENTER_LR) if params else None
+def build_loss_optimizer(loss_fn: ReidLoss) -> torch.optim.Optimizer | None:
+    """Plain SGD (no momentum, no weight decay) for the loss terms that train with their
+    own learning rate (center-loss centers at ``SOLVER.CENTER_LR``, Bag-of-Tricks);
+    None when there are none."""
+    groups = loss_fn.own_optimizer_groups()
+    return torch.optim.SGD(groups, lr=groups[0]["lr"]) if groups else None

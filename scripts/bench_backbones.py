@@ -1,92 +1,108 @@
-"""Sizes of every registered backbone and the training throughput of one.
+"""Every registered backbone (and the torchvision ones the tests cover): size, cost, speed.
 
-For each backbone: parameters (alone, and with a BNNeck head of NUM_CLASSES
-identities), the output map and feature dimension at 256x128 with last stride 1.
-Then forward+backward images/s of one backbone (ResNet-50 by default) in training
-mode with a 751-class head (Market-1501's training identities).
+For each: parameters (backbone alone), output map at 256x128 with last stride 1 where
+the model allows it, GFLOPs of one image's forward pass (torch.utils.flop_counter,
+counting a multiply-add as 2 FLOPs), and CPU images/s in training (forward, loss,
+backward, with a BNNeck head of 751 identities) and in inference (test features).
 
-    python scripts/bench_backbones.py [--backbone resnet50] [--batch-size 16]
+    python scripts/bench_backbones.py [--batch-size 16] [--iters 3] [--only resnet50 ...]
 
-(with the package installed, ``pip install -e .``, or ``PYTHONPATH=.``).
+Timings are the median of --iters timed steps after one warm-up step, on this
+process's torch threads.
 """
 
 import argparse
+import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from reid.errors import ReidError
 from reid.models import BACKBONES, BNNeckHead, ReidModel
 
 HEIGHT, WIDTH = 256, 128
 NUM_CLASSES = 751
+TORCHVISION = [
+    "torchvision/resnet50",
+    "torchvision/convnext_tiny",
+    "torchvision/efficientnet_b0",
+    "torchvision/mobilenet_v3_large",
+    "torchvision/regnet_y_800mf",
+]
 
 
-def count_params(module: torch.nn.Module) -> int:
-    """All parameters, trainable or not."""
-    return sum(p.numel() for p in module.parameters())
+def build(name: str) -> tuple[ReidModel, int]:
+    """The backbone with a BNNeck head, at last stride 1 if it can, else 2."""
+    for last_stride in (1, 2):
+        try:
+            backbone = BACKBONES.get(name)(last_stride=last_stride)
+        except ReidError:
+            continue
+        return ReidModel(backbone, BNNeckHead(backbone.out_channels, NUM_CLASSES)), last_stride
+    raise ReidError(f"{name} builds with neither last stride")
 
 
-def describe(name: str) -> str:
-    """One table row: parameter counts, output map and feature size of a backbone."""
-    backbone = BACKBONES.get(name)(last_stride=1).eval()
-    model = ReidModel(backbone, BNNeckHead(backbone.out_channels, NUM_CLASSES))
+def median_seconds(step, iters: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, batch_size: int, iters: int) -> str:
+    """One table row."""
+    model, last_stride = build(name)
+    params = sum(p.numel() for p in model.backbone.parameters())
+    images = torch.randn(batch_size, 3, HEIGHT, WIDTH)
+    pids = torch.randint(0, NUM_CLASSES, (batch_size,))
+    model.eval()
     with torch.no_grad():
-        fmap = backbone(torch.zeros(1, 3, HEIGHT, WIDTH))
+        fmap = model.backbone(images[:1])
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(images[:1])
     shape = "x".join(str(s) for s in fmap.shape[1:])
-    return (
-        f"{name:<16}{count_params(backbone) / 1e6:>12.2f}M{count_params(model) / 1e6:>12.2f}M"
-        f"{shape:>14}{backbone.out_channels:>10}"
-    )
 
-
-def throughput(name: str, batch_size: int, warmup: int, iters: int, device: str) -> float:
-    """Training images per second (forward, cross-entropy, backward) of one backbone."""
-    backbone = BACKBONES.get(name)(last_stride=1)
-    model = ReidModel(backbone, BNNeckHead(backbone.out_channels, NUM_CLASSES)).to(device)
-    model.train()
-    images = torch.randn(batch_size, 3, HEIGHT, WIDTH, device=device)
-    pids = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
-
-    def step() -> None:
+    def train_step() -> None:
         outputs = model(images)
         loss = torch.nn.functional.cross_entropy(outputs["logits"], pids) + outputs["feat"].mean()
         model.zero_grad(set_to_none=True)
         loss.backward()
 
-    for _ in range(warmup):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return batch_size * iters / (time.perf_counter() - start)
+    def inference_step() -> None:
+        with torch.inference_mode():
+            model(images)
+
+    model.train()
+    train = batch_size / median_seconds(train_step, iters)
+    model.eval()
+    infer = batch_size / median_seconds(inference_step, iters)
+    return (
+        f"| {name} | {last_stride} | {params / 1e6:.2f} | {shape} | "
+        f"{counter.get_total_flops() / 1e9:.2f} | {train:.1f} | {infer:.1f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet50", help="backbone to time")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations")
-    parser.add_argument("--iters", type=int, default=5, help="timed iterations")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-table", action="store_true", help="only time --backbone")
+    parser.add_argument("--iters", type=int, default=3, help="timed steps per figure")
+    parser.add_argument("--only", nargs="+", help="backbone names (default: all)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    if not args.skip_table:
-        print(f"input {HEIGHT}x{WIDTH}, last stride 1, head with {NUM_CLASSES} classes")
-        print(f"{'backbone':<16}{'params':>13}{'+head':>13}{'map CxHxW':>14}{'feat dim':>10}")
-        for name in BACKBONES.names():
-            print(describe(name))
-    rate = throughput(args.backbone, args.batch_size, args.warmup, args.iters, args.device)
-    threads = torch.get_num_threads()
+    names = args.only or BACKBONES.names() + TORCHVISION
     print(
-        f"{args.backbone} train fwd+bwd {HEIGHT}x{WIDTH} batch {args.batch_size} on "
-        f"{args.device} ({threads} threads): {rate:.1f} img/s"
+        f"input {HEIGHT}x{WIDTH}, batch {args.batch_size}, CPU, {torch.get_num_threads()} threads"
     )
+    print("| backbone | last stride | params (M) | map CxHxW | GFLOPs/img | train img/s | "
+          "inference img/s |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    for name in names:
+        print(measure(name, args.batch_size, args.iters), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from yacs.config import CfgNode
 
+from reid.config import load_cfg
 from reid.errors import ReidError
 from reid.losses import (
+    ArcFace,
     CenterLoss,
-    CrossEntropyLabelSmooth,
+    CircleLoss,
+    CosFace,
+    CrossEntropy,
     ReidLoss,
     TripletLoss,
     build_loss,
 )
+from reid.solver import build_loss_optimizer, build_optimizer
 
 
 def _pk_batch(num_ids: int, num_instances: int, dim: int, seed: int) -> tuple:
@@ -104,27 +108,98 @@ def test_triplet_gradient_finite_with_duplicate_features(margin, normalize):
     assert torch.isfinite(zeros.grad).all()
 
 
-def test_label_smooth_matches_loop():
+def test_label_smoothed_cross_entropy_matches_loop():
+    """F.cross_entropy(label_smoothing=) is the Bag-of-Tricks loss, written as a loop."""
     gen = torch.Generator().manual_seed(0)
-    num_classes, eps = 7, 0.1
+    num_classes = 7
     logits = torch.randn(5, num_classes, generator=gen, dtype=torch.float64)
     pids = torch.tensor([0, 3, 6, 3, 1])
-    expected = 0.0
-    for row, label in zip(logits.tolist(), pids.tolist(), strict=True):
-        log_z = math.log(sum(math.exp(v) for v in row))
-        for k, v in enumerate(row):
-            target = (1 - eps) * (k == label) + eps / num_classes
-            expected -= target * (v - log_z)
-    expected /= len(pids)
-    loss = CrossEntropyLabelSmooth(num_classes, epsilon=eps)(logits, pids)
-    assert loss.item() == pytest.approx(expected, abs=1e-10)
+    for eps in (0.0, 0.1, 0.3):
+        expected = 0.0
+        for row, label in zip(logits.tolist(), pids.tolist(), strict=True):
+            log_z = math.log(sum(math.exp(v) for v in row))
+            for k, v in enumerate(row):
+                target = (1 - eps) * (k == label) + eps / num_classes
+                expected -= target * (v - log_z)
+        expected /= len(pids)
+        assert CrossEntropy(epsilon=eps)(logits, pids).item() == pytest.approx(expected, abs=1e-12)
 
 
-def test_label_smooth_zero_is_cross_entropy():
-    logits = torch.randn(6, 9)
-    pids = torch.randint(0, 9, (6,))
-    loss = CrossEntropyLabelSmooth(9, epsilon=0.0)(logits, pids)
-    assert torch.allclose(loss, F.cross_entropy(logits, pids), atol=1e-6)
+def _brute_force_circle(feats, pids, margin, scale) -> float:
+    rows = [[float(v) for v in row] for row in feats]
+    rows = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in rows]
+    labels = [int(p) for p in pids]
+    losses = []
+    for a, anchor in enumerate(rows):
+        pos_sum = neg_sum = 0.0
+        has_pos = has_neg = False
+        for j, other in enumerate(rows):
+            if j == a:
+                continue
+            s = sum(x * y for x, y in zip(anchor, other, strict=True))
+            if labels[j] == labels[a]:
+                has_pos = True
+                pos_sum += math.exp(-scale * max(1 + margin - s, 0.0) * (s - (1 - margin)))
+            else:
+                has_neg = True
+                neg_sum += math.exp(scale * max(s + margin, 0.0) * (s - margin))
+        if has_pos and has_neg:
+            losses.append(math.log(1 + neg_sum * pos_sum))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("num_ids,num_instances", [(2, 2), (3, 4), (5, 2)])
+@pytest.mark.parametrize("scale", [1.0, 16.0])
+def test_circle_matches_brute_force(num_ids, num_instances, scale):
+    feats, pids = _pk_batch(num_ids, num_instances, dim=6, seed=num_ids + 7 * num_instances)
+    expected = _brute_force_circle(feats, pids, margin=0.25, scale=scale)
+    loss = CircleLoss(margin=0.25, scale=scale)(feats, pids)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    feats.requires_grad_(True)
+    CircleLoss(margin=0.25, scale=128.0)(feats, pids).backward()
+    assert torch.isfinite(feats.grad).all()
+
+
+def _brute_force_margin_ce(cosines, pids, scale, target_logit) -> float:
+    total = 0.0
+    for row, label in zip(cosines, pids, strict=True):
+        logits = [scale * (target_logit(c) if k == label else c) for k, c in enumerate(row)]
+        log_z = math.log(sum(math.exp(v) for v in logits))
+        total += log_z - logits[label]
+    return total / len(pids)
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_margin_classifiers_match_brute_force(kind):
+    torch.manual_seed(0)
+    num_classes, dim, margin, scale = 5, 4, 0.4, 8.0
+    term = (CosFace if kind == "cosface" else ArcFace)(num_classes, dim, margin, scale).double()
+    feats = torch.randn(12, dim, dtype=torch.float64)
+    pids = torch.randint(0, num_classes, (12,))
+    # The last rows' features point away from their class: ArcFace's fallback branch.
+    with torch.no_grad():
+        feats[-3:] = -term.weight[pids[-3:]]
+    weight = term.weight.detach().tolist()
+    cosines = []
+    for row in feats.tolist():
+        norm = math.sqrt(sum(v * v for v in row))
+        cosines.append([
+            sum(x * w for x, w in zip(row, wrow, strict=True))
+            / (norm * math.sqrt(sum(w * w for w in wrow)))
+            for wrow in weight
+        ])  # fmt: skip
+
+    def target(cos: float) -> float:
+        if kind == "cosface":
+            return cos - margin
+        theta = math.acos(max(-1.0, min(1.0, cos)))
+        if cos > math.cos(math.pi - margin):
+            return math.cos(theta + margin)
+        return cos - math.sin(margin) * margin
+
+    expected = _brute_force_margin_ce(cosines, pids.tolist(), scale, target)
+    assert term(feats, pids).item() == pytest.approx(expected, rel=1e-9)
+    assert term.input == "neck_feat" and term.own_lr is None
 
 
 def test_center_loss_matches_loop():
@@ -140,74 +215,96 @@ def test_center_loss_matches_loop():
     assert center_loss(feats, pids).item() == pytest.approx(expected, abs=1e-10)
 
 
-def _loss_cfg() -> CfgNode:
-    """The loss keys of reid.config.defaults with their default values."""
-    return CfgNode(
-        {
-            "LOSS": {
-                "CE_WEIGHT": 1.0,
-                "LABEL_SMOOTH": 0.1,
-                "TRIPLET_WEIGHT": 1.0,
-                "TRIPLET_MARGIN": 0.3,
-                "TRIPLET_NORM_FEAT": False,
-                "CENTER_WEIGHT": 0.0,
-            },
-            "SOLVER": {"CENTER_LR": 0.5},
-        }
-    )
-
-
 def _outputs(batch: int, num_classes: int, dim: int) -> dict:
     gen = torch.Generator().manual_seed(3)
+    feat = torch.randn(batch, dim, generator=gen, requires_grad=True)
     return {
         "logits": torch.randn(batch, num_classes, generator=gen, requires_grad=True),
-        "feat": torch.randn(batch, dim, generator=gen, requires_grad=True),
+        "feat": feat,
+        "neck_feat": feat * 2.0,
     }
 
 
-def test_build_loss_terms_and_total():
-    cfg = _loss_cfg()
-    cfg.LOSS.CE_WEIGHT = 0.7
-    cfg.LOSS.TRIPLET_WEIGHT = 1.5
-    cfg.LOSS.CENTER_WEIGHT = 0.0005
-    loss_fn = build_loss(cfg, num_classes=5, feat_dim=8)
+def _old_reid_loss(outputs, pids, ce_w, triplet_w, center_w, centers) -> torch.Tensor:
+    """The loss of earlier versions, term by term as it was written: a hand-written
+    label-smoothed cross-entropy, batch-hard triplet, center loss, weighted."""
+    log_probs = F.log_softmax(outputs["logits"], dim=1)
+    num_classes = log_probs.shape[1]
+    targets = 0.9 * F.one_hot(pids, num_classes) + 0.1 / num_classes
+    ce = (-targets * log_probs).sum(dim=1).mean()
+    triplet = TripletLoss(margin=0.3)(outputs["feat"], pids)
+    center = (outputs["feat"] - centers[pids]).pow(2).sum(dim=1).clamp(1e-12, 1e12).mean()
+    return ce_w * ce + triplet_w * triplet + center_w * center
+
+
+def test_loss_terms_reproduce_the_old_ce_triplet_center_loss():
+    """Both the new keys and the old ones (read through the migration) give it."""
+    new = ["LOSS.NAMES", "[cross_entropy, triplet, center]", "LOSS.WEIGHTS", "[0.7, 1.5, 5e-4]"]
+    old = ["LOSS.CE_WEIGHT", "0.7", "LOSS.TRIPLET_WEIGHT", "1.5", "LOSS.CENTER_WEIGHT", "5e-4"]
+    pids = torch.arange(5).repeat_interleave(2)
+    for opts in (new, old):
+        cfg = load_cfg(opts=opts)
+        assert cfg.LOSS.NAMES == ["cross_entropy", "triplet", "center"]
+        loss_fn = build_loss(cfg, num_classes=5, feat_dim=8)
+        outputs = _outputs(10, 5, 8)
+        losses = loss_fn(outputs, pids)
+        assert set(losses) == {"cross_entropy", "triplet", "center", "total"}
+        centers = loss_fn.terms["center"].centers
+        reference = _old_reid_loss(outputs, pids, 0.7, 1.5, 5e-4, centers)
+        torch.testing.assert_close(losses["total"], reference, rtol=1e-6, atol=0)
+
+
+def test_the_default_loss_is_bag_of_tricks():
+    loss_fn = build_loss(load_cfg(), num_classes=5, feat_dim=8)
+    assert list(loss_fn.terms) == ["cross_entropy", "triplet"]
     outputs = _outputs(10, 5, 8)
     pids = torch.arange(5).repeat_interleave(2)
-    losses = loss_fn(outputs, pids)
-    assert set(losses) == {"ce", "triplet", "center", "total"}
-    assert torch.allclose(losses["total"], losses["ce"] + losses["triplet"] + losses["center"])
-    ce = CrossEntropyLabelSmooth(5, epsilon=cfg.LOSS.LABEL_SMOOTH)(outputs["logits"], pids)
-    assert torch.allclose(losses["ce"], 0.7 * ce)
-    triplet = TripletLoss(margin=cfg.LOSS.TRIPLET_MARGIN)(outputs["feat"], pids)
-    assert torch.allclose(losses["triplet"], 1.5 * triplet)
-    center = loss_fn.center_loss(outputs["feat"], pids)
-    assert torch.allclose(losses["center"], 0.0005 * center)
+    reference = _old_reid_loss(outputs, pids, 1.0, 1.0, 0.0, torch.zeros(5, 8))
+    torch.testing.assert_close(loss_fn(outputs, pids)["total"], reference, rtol=1e-6, atol=0)
 
 
-def test_build_loss_skips_zero_weights():
-    cfg = _loss_cfg()
-    cfg.LOSS.TRIPLET_WEIGHT = 0.0
+def test_unused_outputs_get_a_zero_gradient():
+    """DDP needs a gradient for every parameter: a triplet-only loss still reaches the
+    classifier, with zeros."""
+    cfg = load_cfg(opts=["LOSS.NAMES", "[triplet]", "LOSS.WEIGHTS", "[1.0]"])
+    outputs = _outputs(10, 5, 8)
+    build_loss(cfg, num_classes=5, feat_dim=8)(outputs, torch.arange(5).repeat_interleave(2))[
+        "total"
+    ].backward()
+    assert torch.equal(outputs["logits"].grad, torch.zeros_like(outputs["logits"]))
+
+
+def test_each_term_trains_with_the_optimizer_it_declares():
+    cfg = load_cfg(opts=["LOSS.NAMES", "[cosface, center]", "LOSS.WEIGHTS", "[1.0, 0.01]"])
+    model = torch.nn.Linear(8, 8)
     loss_fn = build_loss(cfg, num_classes=5, feat_dim=8)
-    assert loss_fn.triplet_loss is None and loss_fn.center_loss is None
-    assert loss_fn.center_parameters() == [] and list(loss_fn.parameters()) == []
-    losses = loss_fn(_outputs(4, 5, 8), torch.tensor([0, 1, 2, 3]))
-    assert set(losses) == {"ce", "total"}
-    assert torch.equal(losses["total"], losses["ce"])
+    model_optimizer = build_optimizer(cfg, model, loss_fn)
+    stepped = {id(p) for group in model_optimizer.param_groups for p in group["params"]}
+    assert id(loss_fn.terms["cosface"].weight) in stepped
+    assert id(loss_fn.terms["center"].centers) not in stepped
+    center_optimizer = build_loss_optimizer(loss_fn)
+    assert isinstance(center_optimizer, torch.optim.SGD)
+    (group,) = center_optimizer.param_groups
+    assert group["params"] == [loss_fn.terms["center"].centers]
+    assert group["lr"] == cfg.SOLVER.CENTER_LR and group["momentum"] == 0
+
+
+def test_unknown_loss_name_lists_the_registered_ones():
+    cfg = load_cfg(opts=["LOSS.NAMES", "[softmax]", "LOSS.WEIGHTS", "[1.0]"])
+    with pytest.raises(ReidError, match="unknown loss 'softmax'; available: arcface, center"):
+        build_loss(cfg, num_classes=5, feat_dim=8)
 
 
 def test_center_step_uses_unweighted_gradient():
     # Bag-of-Tricks: centers get the gradient of the unweighted center loss and an SGD
     # step at CENTER_LR; features get the weighted gradient.
-    cfg = _loss_cfg()
-    cfg.LOSS.CE_WEIGHT = 0.0
-    cfg.LOSS.TRIPLET_WEIGHT = 0.0
-    cfg.LOSS.CENTER_WEIGHT = 0.0005
+    cfg = load_cfg(opts=["LOSS.NAMES", "[center]", "LOSS.WEIGHTS", "[0.0005]"])
     loss_fn = build_loss(cfg, num_classes=3, feat_dim=4)
-    assert loss_fn.center_parameters() == list(loss_fn.parameters())
-    optimizer = torch.optim.SGD(loss_fn.parameters(), lr=cfg.SOLVER.CENTER_LR)
+    optimizer = build_loss_optimizer(loss_fn)
+    centers = loss_fn.terms["center"].centers
     feats = torch.randn(6, 4, requires_grad=True)
     pids = torch.tensor([0, 0, 1, 1, 2, 2])
-    before = loss_fn.center_loss.centers.detach().clone()
+    before = centers.detach().clone()
     losses = loss_fn({"feat": feats}, pids)
     losses["total"].backward()
 
@@ -216,15 +313,15 @@ def test_center_step_uses_unweighted_gradient():
     reference = (ref_feats - ref_centers[pids]).pow(2).sum(1).mean()
     reference.backward()
     assert torch.allclose(losses["center"], 0.0005 * reference)
-    assert torch.allclose(loss_fn.center_loss.centers.grad, ref_centers.grad, atol=1e-6)
+    assert torch.allclose(centers.grad, ref_centers.grad, atol=1e-6)
     assert torch.allclose(feats.grad, 0.0005 * ref_feats.grad, atol=1e-9)
     optimizer.step()
     expected = before - cfg.SOLVER.CENTER_LR * ref_centers.grad
-    assert torch.allclose(loss_fn.center_loss.centers.detach(), expected, atol=1e-6)
+    assert torch.allclose(centers.detach(), expected, atol=1e-6)
 
 
 def test_loss_weights_validated():
     with pytest.raises(ReidError, match="all loss weights are 0"):
-        ReidLoss(3, 4, ce_weight=0.0, triplet_weight=0.0, center_weight=0.0)
+        ReidLoss({"triplet": (TripletLoss(), 0.0)})
     with pytest.raises(ReidError, match="'triplet'"):
-        ReidLoss(3, 4, triplet_weight=-1.0)
+        ReidLoss({"triplet": (TripletLoss(), -1.0)})

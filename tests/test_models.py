@@ -11,6 +11,7 @@ from yacs.config import CfgNode
 from reid.config import get_default_cfg
 from reid.errors import ReidError, UnknownNameError
 from reid.models import BACKBONES, BNNeckHead, ReidModel, build_model, load_pretrained
+from reid.models.backbones.osnet import paper_parameter_count
 from reid.models.heads import POOLINGS, GeneralizedMeanPooling
 
 # Small images keep the 101/152-layer nets cheap on CPU.
@@ -24,15 +25,75 @@ def _cfg(**model) -> CfgNode:
     return cfg
 
 
+# The torchvision models the registry-wide tests cover, built as torchvision/<name>.
+TORCHVISION = [
+    "resnet50",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "regnet_y_800mf",
+]
+
+
+def _map_size(name: str, last_stride: int, height: int, width: int) -> tuple[int, int]:
+    backbone = BACKBONES.get(name)(last_stride=last_stride).eval()
+    assert isinstance(backbone.out_channels, int)
+    with torch.no_grad():
+        fmap = backbone(torch.randn(2, 3, height, width))
+    assert fmap.dim() == 4 and fmap.shape[:2] == (2, backbone.out_channels)
+    return tuple(fmap.shape[2:])
+
+
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_backbone_output_shape(name):
-    images = torch.randn(1, 3, HEIGHT, WIDTH)
-    for last_stride, reduction in ((1, 16), (2, 32)):
-        backbone = BACKBONES.get(name)(last_stride=last_stride).eval()
-        assert isinstance(backbone.out_channels, int)
-        with torch.no_grad():
-            fmap = backbone(images)
-        assert fmap.shape == (1, backbone.out_channels, HEIGHT // reduction, WIDTH // reduction)
+    """Last stride 2 halves the map once more than last stride 1."""
+    strided, unstrided = _map_size(name, 2, HEIGHT, WIDTH), _map_size(name, 1, HEIGHT, WIDTH)
+    reduction = 32 if name.startswith("resnet") else 16  # OSNet keeps H/16 by design
+    assert strided == (HEIGHT // reduction, WIDTH // reduction)
+    assert unstrided == (2 * strided[0], 2 * strided[1])
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_backbones_at_256x128(name):
+    strided = _map_size(f"torchvision/{name}", 2, 256, 128)
+    assert strided == (8, 4)
+    unstrided = _map_size(f"torchvision/{name}", 1, 256, 128)
+    # ConvNeXt downsamples with a 2x2 conv, which with stride 1 trims one pixel.
+    assert unstrided in ((16, 8), (15, 7))
+
+
+def test_torchvision_backbones_refuse_what_they_cannot_do():
+    with pytest.raises(ReidError, match="vit_b_16 has no global pooling of a feature map"):
+        BACKBONES.get("torchvision/vit_b_16")()
+    with pytest.raises(ReidError, match="swin_t has no strided convolution .*LAST_STRIDE 2"):
+        BACKBONES.get("torchvision/swin_t")(last_stride=1)
+    with pytest.raises(UnknownNameError, match="did you mean torchvision/convnext_tiny"):
+        BACKBONES.get("torchvision/convnext_tiy")
+
+
+def test_torchvision_backbones_keep_torchvision_parameter_names():
+    import torchvision
+
+    reference = torchvision.models.efficientnet_b0(weights=None).state_dict()
+    backbone = BACKBONES.get("torchvision/efficientnet_b0")(last_stride=2).state_dict()
+    assert set(backbone) == {key for key in reference if not key.startswith("classifier.")}
+
+
+@pytest.mark.parametrize(
+    ("name", "paper"),
+    [("osnet_x1_0", 2.2), ("osnet_x0_75", 1.3), ("osnet_x0_5", 0.6), ("osnet_x0_25", 0.2)],
+)
+def test_osnet_parameter_counts_match_the_paper(name, paper):
+    """Table of the paper, in millions rounded to 0.1: the network and its 512-d
+    embedding (reid.models.backbones.osnet.paper_parameter_count), no classifier."""
+    assert round(paper_parameter_count(BACKBONES.get(name)()) / 1e6, 1) == paper
+
+
+def test_osnet_ibn_has_instance_norm_early_only():
+    net = BACKBONES.get("osnet_ibn_x1_0")()
+    early = [net.conv1, net.conv2, net.conv3]
+    assert all(any(isinstance(m, nn.InstanceNorm2d) for m in stage.modules()) for stage in early)
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in net.conv4.modules())
 
 
 def test_bad_last_stride():
@@ -79,8 +140,9 @@ def test_model_train_and_eval_outputs():
     assert model.feat_dim == 512
     images = torch.randn(2, 3, HEIGHT, WIDTH)
     out = model.train()(images)
-    assert set(out) == {"logits", "feat"}
-    assert out["logits"].shape == (2, 7) and out["feat"].shape == (2, 512)
+    assert set(out) == {"logits", "feat", "neck_feat"}
+    assert out["logits"].shape == (2, 7) and out["feat"].shape == out["neck_feat"].shape == (2, 512)
+    torch.testing.assert_close(out["logits"], model.head.classifier(out["neck_feat"]))
     features = model.eval()(images)
     assert features.shape == (2, 512)
     assert torch.allclose(features.norm(dim=1), torch.ones(2), atol=1e-5)

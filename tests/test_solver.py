@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from reid.config import load_cfg
+from reid.errors import ReidError
 from reid.solver import build_scheduler, make_optimizer, warmup_factor
 
 
@@ -60,3 +61,27 @@ def test_parameter_groups_bias_lr_and_decay_and_frozen_parameters() -> None:
     assert isinstance(optimizer, torch.optim.SGD)
     adam = make_optimizer(list(model.named_parameters()), name="adam")
     assert isinstance(adam, torch.optim.Adam)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_are_built_as_named(name: str) -> None:
+    """One step by hand: AdamW decays the weight apart from the gradient (decoupled);
+    Adam adds the decay to the gradient; SGD steps against it."""
+    lr, decay, p0, g = 0.1, 0.5, 2.0, 0.3
+    weight = nn.Parameter(torch.tensor([p0], dtype=torch.float64))
+    optimizer = make_optimizer([("w", weight)], name=name, lr=lr, weight_decay=decay)
+    weight.grad = torch.tensor([g], dtype=torch.float64)
+    optimizer.step()
+    eps = 1e-8
+    expected = {
+        "adamw": p0 * (1 - lr * decay) - lr * g / (abs(g) + eps),
+        "adam": p0 - lr * (g + decay * p0) / (abs(g + decay * p0) + eps),
+        "sgd": p0 - lr * (g + decay * p0),
+    }[name]
+    assert weight.item() == pytest.approx(expected, rel=1e-12)
+    assert type(optimizer).__name__.lower() == name
+
+
+def test_unknown_optimizer_is_one_line() -> None:
+    with pytest.raises(ReidError, match="unknown optimizer 'adamx'; expected one of adam, adamw"):
+        make_optimizer([("w", nn.Parameter(torch.zeros(1)))], name="adamx")

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from reid.config import load_cfg
 from reid.data import PKSampler
 from reid.data.sampler import Sample
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.trainer import NonFiniteError, Trainer, TrainingInterrupted
 from reid.errors import ReidError
 from reid.evaluation import evaluate_rank
-from reid.losses import ReidLoss
+from reid.losses import build_loss
 
 NUM_IDS, PER_ID, DIM = 8, 5, 16
 MAX_EPOCHS = 3
@@ -81,7 +82,7 @@ def _trainer(output_dir: Path, trainer_class: type[Trainer] = Trainer, **kwargs)
     options = {"eval_period": 2, "evaluate": evaluate, **kwargs}
     return trainer_class(
         model,
-        ReidLoss(NUM_IDS, DIM),
+        build_loss(load_cfg(), NUM_IDS, DIM),
         optimizer,
         torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
         loader,
@@ -198,15 +199,16 @@ def test_evaluation_error_comes_after_the_save_and_names_it(
     _assert_same_run(resumed, resumed.train(), uninterrupted)
 
 
-class NaNAt(ReidLoss):
+class NaNAt(nn.Module):
     """The real loss, NaN from a given call on (as a learning rate too high would give)."""
 
     def __init__(self, first_nan_call: int) -> None:
-        super().__init__(NUM_IDS, DIM)
+        super().__init__()
+        self.loss = build_loss(load_cfg(), NUM_IDS, DIM)
         self.first_nan_call, self.calls = first_nan_call, 0
 
     def forward(self, outputs: dict, pids: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = super().forward(outputs, pids)
+        terms = self.loss(outputs, pids)
         self.calls += 1
         if self.calls > self.first_nan_call:
             terms = {name: value * float("nan") for name, value in terms.items()}
@@ -221,7 +223,9 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_finite_checkpoint(tmp_path: P
     with pytest.raises(NonFiniteError) as info:
         trainer.train()
     message = str(info.value)
-    assert message.startswith(f"non-finite loss at epoch 2, iteration 3/{second_epoch} (ce nan")
+    assert message.startswith(
+        f"non-finite loss at epoch 2, iteration 3/{second_epoch} (cross_entropy nan"
+    )
     assert "triplet nan" in message and "total nan" in message
     assert f"{tmp_path / 'last.pth'} holds the last finite state" in message
     state = load_checkpoint(tmp_path / "last.pth")

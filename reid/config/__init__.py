@@ -1,7 +1,12 @@
 """Configuration: the defaults tree, YAML + command-line merging, validation."""
 
 import difflib
+import importlib
+import logging
 import math
+import os
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,23 +15,26 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from reid.config.defaults import get_default_cfg
-from reid.data.datasets import DATASETS
 from reid.errors import ReidError, UnknownNameError
-from reid.models.backbones import BACKBONES
-from reid.models.heads import POOLINGS
 
-__all__ = ["ConfigError", "config_differences", "get_default_cfg", "load_cfg"]
+__all__ = ["ConfigError", "config_differences", "get_default_cfg", "import_plugins", "load_cfg"]
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ReidError):
     """A config file, key or value that cannot be used."""
 
 
-# Keys whose value must be one of a fixed set; registry-backed names are checked
-# against the live registries in _check_choices.
+# Keys whose value must be one of a fixed set. Registry names (datasets, backbones,
+# poolings, losses) are checked where they are used, in the build_* functions, since
+# IMPORTS may register more of them.
+# Loss terms that compare pairs within a batch, so need K >= 2 images per identity.
+PAIRWISE_LOSSES = ("triplet", "circle")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "SOLVER.OPTIMIZER": ("adam", "sgd"),
+    "SOLVER.OPTIMIZER": ("adam", "adamw", "sgd"),
     "SOLVER.SCHEDULER": ("multistep", "cosine"),
     "TEST.NECK_FEAT": ("before", "after"),
     "TEST.METRIC": ("cosine", "euclidean"),
@@ -50,11 +58,71 @@ def load_cfg(path: str | Path | None = None, opts: Sequence[str] = ()) -> CN:
     """
     cfg = get_default_cfg()
     if path is not None:
-        _merge(cfg, _flatten(_read_yaml(Path(path))), source=str(path))
-    _merge(cfg, _pair_overrides(opts, _all_keys(cfg)), source="command line")
+        _merge(cfg, _migrate(_flatten(_read_yaml(Path(path))), str(path)), source=str(path))
+    overrides = _migrate(_pair_overrides(opts, _all_keys(cfg)), "command line")
+    _merge(cfg, overrides, source="command line")
+    import_plugins(cfg.IMPORTS)
     _check(cfg)
     cfg.freeze()
     return cfg
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Imports the ``IMPORTS`` modules, from the current folder or ``PYTHONPATH``.
+
+    Raises:
+        ConfigError: a module that cannot be found, or that fails while importing (the
+            message names its file and line).
+    """
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # tools/*.py put their own folder there instead
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not name.startswith(err.name):
+                raise _plugin_error(name, err) from None
+            raise ConfigError(
+                f"IMPORTS: no module named {name!r} in the current folder ({os.getcwd()}) "
+                "or on PYTHONPATH"
+            ) from None
+        except Exception as err:  # a plugin's own bug: one line that says where
+            raise _plugin_error(name, err) from None
+
+
+def _plugin_error(name: str, err: BaseException) -> ConfigError:
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return ConfigError(f"IMPORTS: importing {name} failed{where}: {type(err).__name__}: {err}")
+
+
+# The loss weights of earlier versions, now LOSS.NAMES / LOSS.WEIGHTS, with their defaults.
+_OLD_LOSS_WEIGHTS = {
+    "LOSS.CE_WEIGHT": ("cross_entropy", 1.0),
+    "LOSS.TRIPLET_WEIGHT": ("triplet", 1.0),
+    "LOSS.CENTER_WEIGHT": ("center", 0.0),
+}
+
+
+def _migrate(flat: dict[str, Any], source: str) -> dict[str, Any]:
+    """Reads the loss weights of earlier versions (run folders, old configs) as terms."""
+    old = {key: flat.pop(key) for key in list(flat) if key in _OLD_LOSS_WEIGHTS}
+    if not old:
+        return flat
+    if "LOSS.NAMES" in flat or "LOSS.WEIGHTS" in flat:
+        raise ConfigError(
+            f"{', '.join(old)} ({source}) cannot be mixed with LOSS.NAMES / LOSS.WEIGHTS"
+        )
+    weights = dict(_OLD_LOSS_WEIGHTS.values())
+    for key, value in old.items():
+        weights[_OLD_LOSS_WEIGHTS[key][0]] = _coerce(key, value, 1.0, source)
+    names = [name for name, weight in weights.items() if weight > 0]
+    flat["LOSS.NAMES"], flat["LOSS.WEIGHTS"] = names, [weights[name] for name in names]
+    logger.warning(
+        "%s: %s are read as LOSS.NAMES %s, LOSS.WEIGHTS %s (the keys of earlier versions)",
+        source, ", ".join(old), names, flat["LOSS.WEIGHTS"],
+    )  # fmt: skip
+    return flat
 
 
 def _pair_overrides(opts: Sequence[str], keys: list[str]) -> dict[str, Any]:
@@ -209,11 +277,7 @@ def _type_name(default: Any) -> str:
 
 def _check(cfg: CN) -> None:
     """Cross-key and value-range rules, checked once after merging."""
-    choices = dict(CHOICES)
-    choices["DATASETS.NAME"] = tuple(DATASETS.names())
-    choices["MODEL.BACKBONE"] = tuple(BACKBONES.names())
-    choices["MODEL.POOLING"] = tuple(POOLINGS.names())
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
@@ -247,14 +311,24 @@ def _check(cfg: CN) -> None:
             f"a batch of SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCES = {batch // k} identity "
             "has no negatives: expected P >= 2 identities per batch"
         )
-    if k < 2 and cfg.LOSS.TRIPLET_WEIGHT > 0:
+    names, weights = cfg.LOSS.NAMES, cfg.LOSS.WEIGHTS
+    if len(names) != len(weights) or len(set(names)) != len(names):
         raise ConfigError(
-            "DATALOADER.NUM_INSTANCES 1 gives the triplet loss no positives: expected K >= 2 "
-            "images per identity, or LOSS.TRIPLET_WEIGHT 0"
+            f"LOSS.NAMES {names} and LOSS.WEIGHTS {weights} must be lists of the same length "
+            "with distinct names: one weight per loss term"
         )
-    loss_weights = ("LOSS.CE_WEIGHT", "LOSS.TRIPLET_WEIGHT", "LOSS.CENTER_WEIGHT")
-    if not any(_get(cfg, key) > 0 for key in loss_weights):
-        raise ConfigError(f"all of {', '.join(loss_weights)} are 0; expected at least one > 0")
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ConfigError(f"LOSS.WEIGHTS must be >= 0 with at least one > 0; got {weights}")
+    pairwise = [n for n, w in zip(names, weights, strict=True) if n in PAIRWISE_LOSSES and w > 0]
+    if k < 2 and pairwise:
+        raise ConfigError(
+            f"DATALOADER.NUM_INSTANCES 1 gives the {pairwise[0]} loss no positive pairs: "
+            "expected K >= 2 images per identity"
+        )
+    if not all(isinstance(name, str) and name for name in cfg.IMPORTS):
+        raise ConfigError(
+            f"IMPORTS must list module names such as my_project.backbones; got {cfg.IMPORTS}"
+        )
 
 
 def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
@@ -291,11 +365,14 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "SOLVER.WARMUP_FACTOR": _between(0, 1),
     "SOLVER.WARMUP_EPOCHS": _at_least(0),
     "SOLVER.CENTER_LR": _POSITIVE,
-    "LOSS.CE_WEIGHT": _at_least(0),
     "LOSS.LABEL_SMOOTH": ((lambda value: 0 <= value < 1), "in [0, 1)"),
-    "LOSS.TRIPLET_WEIGHT": _at_least(0),
     "LOSS.TRIPLET_MARGIN": _at_least(0),
-    "LOSS.CENTER_WEIGHT": _at_least(0),
+    "LOSS.CIRCLE_MARGIN": _between(0, 1),
+    "LOSS.CIRCLE_SCALE": _POSITIVE,
+    "LOSS.COSFACE_MARGIN": _at_least(0),
+    "LOSS.COSFACE_SCALE": _POSITIVE,
+    "LOSS.ARCFACE_MARGIN": _between(0, 1.5),
+    "LOSS.ARCFACE_SCALE": _POSITIVE,
     "DISTRIBUTED.TIMEOUT_MINUTES": _POSITIVE,
     "TEST.IMS_PER_BATCH": _at_least(1),
     "TEST.EVAL_PERIOD": _at_least(1),

@@ -9,6 +9,10 @@ from yacs.config import CfgNode as CN
 
 _C = CN()
 
+# Python modules imported before anything is built (e.g. [my_project.backbones]): plugins
+# that register backbones, datasets, poolings or losses. Found from the current folder
+# or PYTHONPATH.
+_C.IMPORTS = []
 # Where logs, checkpoints, the resolved config and metrics.json are written.
 _C.OUTPUT_DIR = "output"
 # Seed for Python, NumPy, torch and the PK sampler.
@@ -69,7 +73,7 @@ _C.DATALOADER.NUM_INSTANCES = 4
 
 # ---------------------------------------------------------------------------
 _C.SOLVER = CN()
-# "adam" or "sgd".
+# "adam", "adamw" (decoupled weight decay) or "sgd".
 _C.SOLVER.OPTIMIZER = "adam"
 _C.SOLVER.MAX_EPOCHS = 120
 _C.SOLVER.BASE_LR = 3.5e-4
@@ -97,18 +101,25 @@ _C.SOLVER.CHANNELS_LAST = True
 
 # ---------------------------------------------------------------------------
 _C.LOSS = CN()
-# Weight of the cross-entropy (identity) loss on the classifier logits.
-_C.LOSS.CE_WEIGHT = 1.0
-# Label-smoothing epsilon (0 disables).
+# The loss: terms by name in reid.losses.LOSSES (cross_entropy, triplet, center, circle,
+# cosface, arcface, or a plugin's), summed with the weights in WEIGHTS, one per name.
+_C.LOSS.NAMES = ["cross_entropy", "triplet"]
+_C.LOSS.WEIGHTS = [1.0, 1.0]
+# cross_entropy: label-smoothing epsilon (0 disables).
 _C.LOSS.LABEL_SMOOTH = 0.1
-# Weight of the batch-hard triplet loss on the pre-BNNeck feature.
-_C.LOSS.TRIPLET_WEIGHT = 1.0
-# Triplet margin; 0 uses the soft margin (softplus).
+# triplet: batch-hard margin; 0 uses the soft margin (softplus).
 _C.LOSS.TRIPLET_MARGIN = 0.3
-# L2-normalise features before the triplet distances.
+# triplet: L2-normalise features before the distances.
 _C.LOSS.TRIPLET_NORM_FEAT = False
-# Weight of the center loss (0 disables; Bag-of-Tricks uses 0.0005).
-_C.LOSS.CENTER_WEIGHT = 0.0
+# circle (Sun et al. 2020, pairwise form): relaxation margin m and scale gamma.
+_C.LOSS.CIRCLE_MARGIN = 0.25
+_C.LOSS.CIRCLE_SCALE = 128.0
+# cosface (Wang et al. 2018): additive cosine margin and scale.
+_C.LOSS.COSFACE_MARGIN = 0.35
+_C.LOSS.COSFACE_SCALE = 64.0
+# arcface (Deng et al. 2019): additive angular margin (radians) and scale.
+_C.LOSS.ARCFACE_MARGIN = 0.5
+_C.LOSS.ARCFACE_SCALE = 64.0
 
 # ---------------------------------------------------------------------------
 # Multi-process training under torchrun (no effect in a single process).

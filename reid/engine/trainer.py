@@ -72,7 +72,8 @@ class Trainer:
     on a stop, center-loss gradients are averaged, and only rank 0 writes files.
 
     Args:
-        model: returns ``{"logits": (B, C), "feat": (B, D)}`` in train mode.
+        model: returns ``{"logits": (B, C), "feat": (B, D), "neck_feat": (B, D)}`` in
+            train mode.
         loss_fn: maps ``(outputs, pids)`` to a dict of named terms plus ``"total"``.
         optimizer: steps the model's parameters.
         scheduler: stepped after every iteration.

@@ -3,6 +3,9 @@ Face Recognition", ECCV 2016), normalised as Bag-of-Tricks computes it."""
 
 import torch
 from torch import nn
+from yacs.config import CfgNode
+
+from reid.losses.registry import LOSSES
 
 
 class CenterLoss(nn.Module):
@@ -13,8 +16,9 @@ class CenterLoss(nn.Module):
     Wen et al.'s factor 1/2, so its gradient with respect to a center is twice
     theirs.
 
-    The centers are a parameter of this module, learned with their own SGD
-    optimizer rather than the model's (see :class:`reid.losses.ReidLoss`).
+    The centers are a parameter of this module, learned with their own plain SGD at
+    ``lr`` rather than with the model's optimizer (Bag-of-Tricks: no momentum, no
+    weight decay, ``SOLVER.CENTER_LR``).
 
     Args:
         num_classes: number of classes (training identities).
@@ -24,10 +28,17 @@ class CenterLoss(nn.Module):
             with a weight, so that the centers move as under the unweighted loss and
             their step size is set by their own learning rate alone (Bag-of-Tricks
             rescales the centers' gradients by ``1 / CENTER_LOSS_WEIGHT`` for this).
+        lr: learning rate of the centers' SGD.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, center_grad_scale: float = 1.0) -> None:
+    input = "feat"
+    pairwise = False
+
+    def __init__(
+        self, num_classes: int, feat_dim: int, center_grad_scale: float = 1.0, lr: float = 0.5
+    ) -> None:
         super().__init__()
+        self.own_lr = lr
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.center_grad_scale = center_grad_scale
@@ -51,3 +62,11 @@ class CenterLoss(nn.Module):
             centers = centers.detach() + (centers - centers.detach()) * self.center_grad_scale
         squared = (feats - centers).pow(2).sum(dim=1)
         return squared.clamp(min=1e-12, max=1e12).mean()
+
+
+@LOSSES.register("center")
+def center(cfg: CfgNode, num_classes: int, feat_dim: int, weight: float) -> CenterLoss:
+    """Reads ``SOLVER.CENTER_LR``; the centers get the gradient of the unweighted loss."""
+    return CenterLoss(
+        num_classes, feat_dim, center_grad_scale=1.0 / weight, lr=cfg.SOLVER.CENTER_LR
+    )

@@ -4,6 +4,9 @@ Person Re-Identification", 2017)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
+from yacs.config import CfgNode
+
+from reid.losses.registry import LOSSES
 
 # Floor of the squared distance before the square root: the root's gradient is
 # infinite at 0, which identical features (duplicates, an image and its flip) hit.
@@ -43,6 +46,10 @@ class TripletLoss(nn.Module):
         normalize_feature: L2-normalise features before the distances.
     """
 
+    input = "feat"
+    pairwise = True
+    own_lr = None
+
     def __init__(self, margin: float | None = 0.3, normalize_feature: bool = False) -> None:
         super().__init__()
         self.margin = margin if margin else None
@@ -76,3 +83,9 @@ class TripletLoss(nn.Module):
         if self.margin is None:
             return F.softplus(gap).mean()
         return F.relu(gap + self.margin).mean()
+
+
+@LOSSES.register("triplet")
+def triplet(cfg: CfgNode, num_classes: int, feat_dim: int, weight: float) -> TripletLoss:
+    """Reads ``LOSS.TRIPLET_MARGIN`` and ``LOSS.TRIPLET_NORM_FEAT``."""
+    return TripletLoss(margin=cfg.LOSS.TRIPLET_MARGIN, normalize_feature=cfg.LOSS.TRIPLET_NORM_FEAT)

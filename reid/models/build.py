@@ -55,7 +55,8 @@ class ReidModel(nn.Module):
             images: ``(B, 3, H, W)``.
 
         Returns:
-            Training mode: ``{"logits": (B, num_classes), "feat": (B, D)}``, ``feat``
+            Training mode: ``{"logits": (B, num_classes), "feat": (B, D), "neck_feat":
+            (B, D)}`` (see :meth:`BNNeckHead.forward`), ``feat``
             being the pre-BNNeck feature for the metric losses.
             Eval mode: test features ``(B, D)``, unit-norm rows if ``feat_norm``.
         """

@@ -104,10 +104,11 @@ class BNNeckHead(nn.Module):
             fmap: backbone map ``(B, C, h, w)``.
 
         Returns:
-            Training: ``{"logits": (B, num_classes), "feat": (B, C)}`` with ``feat`` the
-            pre-neck pooled feature. Eval: the after-neck feature ``(B, C)``.
+            Training: ``{"logits": (B, num_classes), "feat": (B, C), "neck_feat": (B, C)}``
+            with ``feat`` the pooled feature before the neck and ``neck_feat`` after it.
+            Eval: the after-neck feature ``(B, C)``.
         """
         feat, neck_feat = self.embed(fmap)
         if not self.training:
             return neck_feat
-        return {"logits": self.classifier(neck_feat), "feat": feat}
+        return {"logits": self.classifier(neck_feat), "feat": feat, "neck_feat": neck_feat}

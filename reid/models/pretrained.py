@@ -5,11 +5,13 @@ torch's hub cache (``torch.hub.get_dir()/checkpoints``), where torchvision keeps
 the files it has downloaded before.
 """
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from reid.errors import ReidError
@@ -42,11 +44,12 @@ KNOWN_WEIGHT_FILES: dict[str, tuple[str, ...]] = {
 def find_cached_weights(backbone_name: str) -> Path:
     """Finds ImageNet weights for a backbone in the local torch hub cache.
 
-    Looks for ``<hub dir>/checkpoints/<backbone_name>-*.pth`` (torchvision's naming,
-    e.g. ``resnet50-0676ba61.pth``), preferring the files in :data:`KNOWN_WEIGHT_FILES`.
+    Looks in ``<hub dir>/checkpoints`` for the files torchvision downloads for the
+    model (``torchvision/<name>`` backbones included, e.g. ``convnext_tiny-983f1562.pth``),
+    for :data:`KNOWN_WEIGHT_FILES`, and for ``<name>-*.pth``, preferring the known files.
 
     Args:
-        backbone_name: a name registered in ``BACKBONES``.
+        backbone_name: a name ``BACKBONES.get`` accepts.
 
     Returns:
         The path of the cached file.
@@ -54,17 +57,20 @@ def find_cached_weights(backbone_name: str) -> Path:
     Raises:
         ReidError: no such file is cached; the message says how to provide one.
     """
+    model = backbone_name.removeprefix("torchvision/")
     cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(cache_dir.glob(f"{backbone_name}-*.pth"))
+    preferred = list(KNOWN_WEIGHT_FILES.get(backbone_name, ()))
+    with contextlib.suppress(ValueError):  # a torchvision model: the files it downloads
+        preferred += [Path(w.url).name for w in torchvision.models.get_model_weights(model)]
+    found = [cache_dir / name for name in dict.fromkeys(preferred) if (cache_dir / name).is_file()]
+    found += [p for p in sorted(cache_dir.glob(f"{model}-*.pth")) if p not in found]
     if not found:
-        expected = KNOWN_WEIGHT_FILES.get(backbone_name, (f"{backbone_name}-<hash>.pth",))[0]
+        expected = preferred[0] if preferred else f"{model}-<hash>.pth"
         raise ReidError(
             f"no ImageNet weights for backbone {backbone_name!r}: set MODEL.PRETRAIN_PATH "
             f"to a local .pth file, or place {expected} in {cache_dir} "
             "(weights are never downloaded)"
         )
-    preferred = KNOWN_WEIGHT_FILES.get(backbone_name, ())
-    found.sort(key=lambda p: preferred.index(p.name) if p.name in preferred else len(preferred))
     if len(found) > 1:
         logger.info("several cached weights for %s; using %s", backbone_name, found[0].name)
     return found[0]

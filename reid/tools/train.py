@@ -58,7 +58,7 @@ def main() -> None:
         num_classes = dataset.num_train_pids
         model = build_model(cfg, num_classes=num_classes).to(device)
         loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
-        optimizer = build_optimizer(cfg, model)
+        optimizer = build_optimizer(cfg, model, loss_fn)
         trainer = Trainer(
             model,
             loss_fn,
@@ -72,7 +72,7 @@ def main() -> None:
                 model, test_loader, num_query, device, **build_eval_options(cfg)
             ),
             eval_period=cfg.TEST.EVAL_PERIOD,
-            loss_optimizer=build_loss_optimizer(cfg, loss_fn),
+            loss_optimizer=build_loss_optimizer(loss_fn),
             amp=cfg.SOLVER.AMP,
             channels_last=cfg.SOLVER.CHANNELS_LAST,
             config=cfg.dump(),

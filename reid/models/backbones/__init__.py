@@ -14,6 +14,6 @@ from reid.registry import Registry
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 # Imported for their registration side effect; they need BACKBONES defined above.
-from reid.models.backbones import resnet, resnet_ibn  # noqa: E402, F401
+from reid.models.backbones import osnet, resnet, resnet_ibn, torchvision_zoo  # noqa: E402, F401
 
 __all__ = ["BACKBONES"]
