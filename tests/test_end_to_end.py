@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tiny_run import ROOT, SCHEDULE, run_tool, tiny
 
 pytestmark = pytest.mark.slow
@@ -97,11 +98,18 @@ def test_resume_with_a_changed_config_says_what_changed(trained: Path) -> None:
 
 def test_test_time_options_and_visual_results(trained: Path) -> None:
     out = trained / "visual_test"
-    options = ["TEST.FLIP", "true", "TEST.RE_RANKING", "true", "TEST.VISUALIZE_QUERIES", "3"]
+    options = ["TEST.FLIP", "true", "TEST.RE_RANKING", "true", "TEST.VISUALIZE_QUERIES", "3",
+               "TEST.EMBEDDING_PLOT", "4"]  # fmt: skip
     opts = [*tiny(trained.parent, out), "TEST.WEIGHT", str(trained / "best.pth"), *options]
     result = run_tool("test.py", "--config", "configs/demo.yml", *opts)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and len(metrics["cmc"]) == 50
-    assert len(list((out / "test" / "visual" / "ranked").glob("*.png"))) == 3
-    assert (out / "test" / "visual" / "cmc.png").is_file()
+    assert len(list((out / "visual" / "ranked").glob("*.png"))) == 3
+    assert (out / "visual" / "cmc.png").is_file()
+    with Image.open(out / "visual" / "embedding.png") as picture:
+        assert picture.size == (800, 800) and len(picture.getcolors(2**16)) > 4  # drawn points
+    projector = out / "test" / "tensorboard" / "projector_config.pbtxt"
+    assert "test_features" in projector.read_text()
+    (tensors,) = (out / "test" / "tensorboard").glob("*/test_features/tensors.tsv")
+    assert len(tensors.read_text().splitlines()) > 4  # 4 identities, query and gallery

@@ -14,6 +14,7 @@ from reid.losses import (
     CircleLoss,
     CosFace,
     CrossEntropy,
+    MultiSimilarityLoss,
     ReidLoss,
     TripletLoss,
     build_loss,
@@ -106,6 +107,103 @@ def test_triplet_gradient_finite_with_duplicate_features(margin, normalize):
     loss = TripletLoss(margin=margin)(zeros, torch.tensor([0, 0, 1, 1]))
     loss.backward()
     assert torch.isfinite(zeros.grad).all()
+
+
+def _brute_force_mined(feats, pids, margin, mining) -> float:
+    """Triplet costs by explicit loops over anchors, positives and negatives."""
+    rows = [[float(v) for v in row] for row in feats]
+    labels = [int(p) for p in pids]
+
+    def d(i: int, j: int) -> float:
+        return math.sqrt(
+            max(sum((x - y) ** 2 for x, y in zip(rows[i], rows[j], strict=True)), 1e-12)
+        )
+
+    def cost(gap: float) -> float:
+        return math.log1p(math.exp(gap)) if margin is None else max(0.0, gap + margin)
+
+    gaps = []
+    for a in range(len(rows)):
+        pos = [j for j in range(len(rows)) if j != a and labels[j] == labels[a]]
+        neg = [j for j in range(len(rows)) if labels[j] != labels[a]]
+        if not pos or not neg:
+            continue
+        for p in pos:
+            if mining == "semi_hard":
+                farther = [d(a, n) for n in neg if d(a, n) > d(a, p)]
+                gaps.append(d(a, p) - (min(farther) if farther else min(d(a, n) for n in neg)))
+            else:  # all
+                gaps.extend(d(a, p) - d(a, n) for n in neg)
+    costs = [cost(gap) for gap in gaps]
+    if mining == "all" and margin is not None:
+        positive = [c for c in costs if c > 0]
+        return sum(positive) / max(len(positive), 1)
+    return sum(costs) / len(costs)
+
+
+@pytest.mark.parametrize("mining", ["semi_hard", "all"])
+@pytest.mark.parametrize("margin", [0.3, 1.0, None])
+@pytest.mark.parametrize("num_ids,num_instances", [(2, 2), (3, 4), (4, 3), (6, 2)])
+def test_mining_strategies_match_brute_force(mining, margin, num_ids, num_instances):
+    feats, pids = _pk_batch(num_ids, num_instances, dim=5, seed=num_ids * 3 + num_instances)
+    feats = feats * 0.3  # some triplets active, some not, at margin 0.3
+    expected = _brute_force_mined(feats, pids, margin, mining)
+    loss = TripletLoss(margin=margin, mining=mining)(feats, pids)
+    assert loss.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_batch_all_with_no_active_triplet_is_zero():
+    feats = torch.tensor([[0.0, 0.0], [0.0, 0.1], [5.0, 0.0], [5.0, 0.1]], requires_grad=True)
+    loss = TripletLoss(margin=0.3, mining="all")(feats, torch.tensor([0, 0, 1, 1]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(feats.grad).all()
+
+
+def test_triplet_diagnostics_on_a_hand_made_batch():
+    """Two identities on a line: a0 = 0, a1 = 1; b0 = 1.5, b1 = 4 (1-D features).
+
+    Anchor a0: farthest positive 1, closest negative 1.5 -> ok, gap -0.5
+    Anchor a1: positive 1, negative 0.5 -> not ok, gap 0.5
+    Anchor b0: positive 2.5, negative 0.5 -> not ok, gap 2.0
+    Anchor b1: positive 2.5, negative 3 -> ok, gap -0.5
+    """
+    feats = torch.tensor([[0.0], [1.0], [1.5], [4.0]], dtype=torch.float64)
+    term = TripletLoss(margin=0.3)
+    loss = term(feats, torch.tensor([0, 0, 1, 1]))
+    assert loss.item() == pytest.approx((0.0 + 0.8 + 2.3 + 0.0) / 4)
+    diagnostics = {key: value.item() for key, value in term.diagnostics.items()}
+    assert diagnostics == pytest.approx(
+        {"anchors_ok": 0.5, "active": 0.5, "d_pos": (1 + 1 + 2.5 + 2.5) / 4,
+         "d_neg": (1.5 + 0.5 + 0.5 + 3) / 4}
+    )  # fmt: skip
+    losses = ReidLoss({"triplet": (term, 1.0)})({"feat": feats}, torch.tensor([0, 0, 1, 1]))
+    assert losses["triplet.anchors_ok"].item() == 0.5 and "triplet.active" in losses
+
+
+def _brute_force_multi_similarity(feats, pids, alpha, beta, lam, eps) -> float:
+    rows = [[float(v) for v in row] for row in feats]
+    rows = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in rows]
+    labels = [int(p) for p in pids]
+    total = 0.0
+    for i, anchor in enumerate(rows):
+        sims = [sum(x * y for x, y in zip(anchor, other, strict=True)) for other in rows]
+        pos = [sims[j] for j in range(len(rows)) if j != i and labels[j] == labels[i]]
+        neg = [sims[j] for j in range(len(rows)) if labels[j] != labels[i]]
+        kept_pos = [s for s in pos if neg and s < max(neg) + eps]
+        kept_neg = [s for s in neg if pos and s > min(pos) - eps]
+        total += math.log(1 + sum(math.exp(-alpha * (s - lam)) for s in kept_pos)) / alpha
+        total += math.log(1 + sum(math.exp(beta * (s - lam)) for s in kept_neg)) / beta
+    return total / len(rows)
+
+
+@pytest.mark.parametrize("num_ids,num_instances", [(2, 2), (3, 4), (5, 3)])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_multi_similarity_matches_brute_force(num_ids, num_instances, eps):
+    feats, pids = _pk_batch(num_ids, num_instances, dim=4, seed=num_ids * 5 + num_instances)
+    expected = _brute_force_multi_similarity(feats, pids, 2.0, 10.0, 0.5, eps)
+    loss = MultiSimilarityLoss(alpha=2.0, beta=10.0, threshold=0.5, epsilon=eps)(feats, pids)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_label_smoothed_cross_entropy_matches_loop():
@@ -248,7 +346,8 @@ def test_loss_terms_reproduce_the_old_ce_triplet_center_loss():
         loss_fn = build_loss(cfg, num_classes=5, feat_dim=8)
         outputs = _outputs(10, 5, 8)
         losses = loss_fn(outputs, pids)
-        assert set(losses) == {"cross_entropy", "triplet", "center", "total"}
+        terms = {name for name in losses if "." not in name}  # the rest are diagnostics
+        assert terms == {"cross_entropy", "triplet", "center", "total"}
         centers = loss_fn.terms["center"].centers
         reference = _old_reid_loss(outputs, pids, 0.7, 1.5, 5e-4, centers)
         torch.testing.assert_close(losses["total"], reference, rtol=1e-6, atol=0)

@@ -55,6 +55,9 @@ def test_backbone_output_shape(name):
 
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_backbones_at_256x128(name):
+    backbone = BACKBONES.get(f"torchvision/{name}")(last_stride=1).train()
+    fmap = backbone(torch.randn(2, 3, 256, 128))  # training mode has its own graph
+    assert fmap.shape[:2] == (2, backbone.out_channels)
     strided = _map_size(f"torchvision/{name}", 2, 256, 128)
     assert strided == (8, 4)
     unstrided = _map_size(f"torchvision/{name}", 1, 256, 128)

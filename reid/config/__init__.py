@@ -30,7 +30,7 @@ class ConfigError(ReidError):
 # poolings, losses) are checked where they are used, in the build_* functions, since
 # IMPORTS may register more of them.
 # Loss terms that compare pairs within a batch, so need K >= 2 images per identity.
-PAIRWISE_LOSSES = ("triplet", "circle")
+PAIRWISE_LOSSES = ("triplet", "circle", "multi_similarity")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "SOLVER.SCHEDULER": ("multistep", "cosine"),
     "TEST.NECK_FEAT": ("before", "after"),
     "TEST.METRIC": ("cosine", "euclidean"),
+    "LOSS.TRIPLET_MINING": ("hard", "semi_hard", "all"),
 }
 
 
@@ -369,6 +370,10 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "LOSS.TRIPLET_MARGIN": _at_least(0),
     "LOSS.CIRCLE_MARGIN": _between(0, 1),
     "LOSS.CIRCLE_SCALE": _POSITIVE,
+    "LOSS.MS_ALPHA": _POSITIVE,
+    "LOSS.MS_BETA": _POSITIVE,
+    "LOSS.MS_LAMBDA": _between(-1, 1),
+    "LOSS.MS_EPSILON": _at_least(0),
     "LOSS.COSFACE_MARGIN": _at_least(0),
     "LOSS.COSFACE_SCALE": _POSITIVE,
     "LOSS.ARCFACE_MARGIN": _between(0, 1.5),
@@ -380,6 +385,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "TEST.RERANK_K2": _at_least(1),
     "TEST.RERANK_LAMBDA": _between(0, 1),
     "TEST.VISUALIZE_QUERIES": _at_least(0),
+    "TEST.EMBEDDING_PLOT": _at_least(0),
 }
 
 

@@ -102,7 +102,7 @@ _C.SOLVER.CHANNELS_LAST = True
 # ---------------------------------------------------------------------------
 _C.LOSS = CN()
 # The loss: terms by name in reid.losses.LOSSES (cross_entropy, triplet, center, circle,
-# cosface, arcface, or a plugin's), summed with the weights in WEIGHTS, one per name.
+# multi_similarity, cosface, arcface, or a plugin's), summed with the weights in WEIGHTS.
 _C.LOSS.NAMES = ["cross_entropy", "triplet"]
 _C.LOSS.WEIGHTS = [1.0, 1.0]
 # cross_entropy: label-smoothing epsilon (0 disables).
@@ -111,9 +111,17 @@ _C.LOSS.LABEL_SMOOTH = 0.1
 _C.LOSS.TRIPLET_MARGIN = 0.3
 # triplet: L2-normalise features before the distances.
 _C.LOSS.TRIPLET_NORM_FEAT = False
+# triplet: which triplets of the batch: "hard" (batch-hard), "semi_hard" or "all".
+_C.LOSS.TRIPLET_MINING = "hard"
 # circle (Sun et al. 2020, pairwise form): relaxation margin m and scale gamma.
 _C.LOSS.CIRCLE_MARGIN = 0.25
 _C.LOSS.CIRCLE_SCALE = 128.0
+# multi_similarity (Wang et al. 2019): scales alpha (positives) and beta (negatives),
+# similarity margin lambda, and the pair-mining slack epsilon.
+_C.LOSS.MS_ALPHA = 2.0
+_C.LOSS.MS_BETA = 50.0
+_C.LOSS.MS_LAMBDA = 0.5
+_C.LOSS.MS_EPSILON = 0.1
 # cosface (Wang et al. 2018): additive cosine margin and scale.
 _C.LOSS.COSFACE_MARGIN = 0.35
 _C.LOSS.COSFACE_SCALE = 64.0
@@ -154,6 +162,9 @@ _C.TEST.RERANK_K2 = 6
 _C.TEST.RERANK_LAMBDA = 0.3
 # tools/test.py: save ranked-list images of this many queries and a CMC curve (0 disables).
 _C.TEST.VISUALIZE_QUERIES = 0
+# tools/test.py: a t-SNE picture of the test features of this many identities,
+# OUTPUT_DIR/visual/embedding.png, and the same in TensorBoard's projector (0 disables).
+_C.TEST.EMBEDDING_PLOT = 0
 
 
 def get_default_cfg() -> CN:

@@ -1,13 +1,22 @@
 """Losses: registered terms (cross-entropy, triplet, center, circle, CosFace, ArcFace)
 and their weighted sum."""
 
-from reid.losses import arcface, center, circle, cosface, cross_entropy, triplet  # noqa: F401
+from reid.losses import (  # noqa: F401  (register the terms)
+    arcface,
+    center,
+    circle,
+    cosface,
+    cross_entropy,
+    multi_similarity,
+    triplet,
+)
 from reid.losses.arcface import ArcFace
 from reid.losses.build import ReidLoss, build_loss
 from reid.losses.center import CenterLoss
 from reid.losses.circle import CircleLoss
 from reid.losses.cosface import CosFace
 from reid.losses.cross_entropy import CrossEntropy
+from reid.losses.multi_similarity import MultiSimilarityLoss
 from reid.losses.registry import LOSSES
 from reid.losses.triplet import TripletLoss, pairwise_euclidean
 
@@ -18,6 +27,7 @@ __all__ = [
     "CircleLoss",
     "CosFace",
     "CrossEntropy",
+    "MultiSimilarityLoss",
     "ReidLoss",
     "TripletLoss",
     "build_loss",

@@ -57,8 +57,9 @@ class ReidLoss(nn.Module):
             pids: ``(B,)`` identity labels in ``[0, N)``.
 
         Returns:
-            Scalars keyed by term name (each already multiplied by its weight) and
-            ``"total"``.
+            Scalars keyed by term name (each already multiplied by its weight),
+            ``"total"``, and the terms' diagnostics keyed ``"<term>.<name>"`` (e.g.
+            ``"triplet.active"``), which are logged but not part of the total.
         """
         losses: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
@@ -68,6 +69,9 @@ class ReidLoss(nn.Module):
                 labels = distributed.all_gather_rows(pids)
             losses[name] = self.weights[name] * term(inputs, labels)
         total = torch.stack(list(losses.values())).sum()
+        for name, term in self.terms.items():  # what the terms measured on the way
+            for key, value in getattr(term, "diagnostics", {}).items():
+                losses[f"{name}.{key}"] = value
         # Outputs no term reads still get a gradient, of zero: distributed training
         # (DDP) needs every parameter to get one in every step.
         read = {term.input for term in self.terms.values()}

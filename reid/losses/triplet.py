@@ -1,11 +1,12 @@
-"""Batch-hard triplet loss (Hermans et al., "In Defense of the Triplet Loss for
-Person Re-Identification", 2017)."""
+"""Triplet loss with batch-hard, semi-hard or batch-all mining (Hermans et al., "In
+Defense of the Triplet Loss for Person Re-Identification", 2017)."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.errors import ReidError
 from reid.losses.registry import LOSSES
 
 # Floor of the squared distance before the square root: the root's gradient is
@@ -31,29 +32,56 @@ def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return squared.clamp(min=_SQUARED_DIST_EPS).sqrt()
 
 
-class TripletLoss(nn.Module):
-    """Batch-hard triplet loss over a P x K batch.
+MINING = ("hard", "semi_hard", "all")
 
-    For every anchor, the hardest positive is the farthest other sample of its
-    identity and the hardest negative the closest sample of another identity. The
-    loss is ``relu(d_ap - d_an + margin)``, or ``softplus(d_ap - d_an)`` for the soft
-    margin, averaged over anchors. An anchor with no other sample of its identity,
-    or no sample of another identity, forms no triplet and is left out of the
-    average; a batch with no valid anchor gives a zero loss (still differentiable).
+
+class TripletLoss(nn.Module):
+    """Triplet loss over a P x K batch, with a choice of triplets (Hermans et al. 2017;
+    semi-hard: Schroff et al., "FaceNet", CVPR 2015).
+
+    Each triplet (anchor ``a``, positive ``p`` of its identity, negative ``n`` of
+    another) costs ``relu(d_ap - d_an + margin)``, or ``softplus(d_ap - d_an)`` for the
+    soft margin. ``mining`` picks the triplets:
+
+    - ``"hard"`` (batch-hard): per anchor, the farthest positive and the closest
+      negative; the mean over anchors.
+    - ``"semi_hard"``: per anchor and *each* of its positives (all ``K - 1`` of them),
+      the closest negative that is farther than that positive, or the closest negative
+      when none is; the mean over these anchor-positive pairs.
+    - ``"all"`` (batch-all): every valid triplet, ``P K (K - 1) (P K - K)`` of them;
+      the mean over those with a positive cost (with the soft margin, all of them). It
+      holds a ``(B, B, B)`` cost tensor: for P = 16, K = 4 (B = 64) that is 262,144
+      float32 values, 1 MiB, plus its masks.
+
+    Anchors with no positive or no negative form no triplet; a batch without any gives
+    a zero loss (still differentiable).
+
+    After each call, :attr:`diagnostics` holds (detached) what the batch distances say
+    about training: ``anchors_ok``, the fraction of anchors whose farthest positive is
+    closer than their closest negative; ``active``, the fraction of the mined triplets
+    that violate the margin (cost > 0; with the soft margin, ``d_ap > d_an``);
+    ``d_pos`` and ``d_neg``, the mean hardest-positive and hardest-negative distances.
 
     Args:
         margin: hinge margin; ``None`` or 0 selects the soft margin.
         normalize_feature: L2-normalise features before the distances.
+        mining: ``"hard"``, ``"semi_hard"`` or ``"all"``.
     """
 
     input = "feat"
     pairwise = True
     own_lr = None
 
-    def __init__(self, margin: float | None = 0.3, normalize_feature: bool = False) -> None:
+    def __init__(
+        self, margin: float | None = 0.3, normalize_feature: bool = False, mining: str = "hard"
+    ) -> None:
         super().__init__()
+        if mining not in MINING:
+            raise ReidError(f"unknown triplet mining {mining!r}; expected one of {MINING}")
         self.margin = margin if margin else None
         self.normalize_feature = normalize_feature
+        self.mining = mining
+        self.diagnostics: dict[str, torch.Tensor] = {}
 
     def forward(self, feats: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Computes the loss.
@@ -74,18 +102,54 @@ class TripletLoss(nn.Module):
         negative = ~same_id
         valid = positive.any(dim=1) & negative.any(dim=1)
         if not valid.any():
+            self.diagnostics = {}
             return feats.sum() * 0.0
 
         dist, positive, negative = dist[valid], positive[valid], negative[valid]
         hardest_pos = dist.masked_fill(~positive, float("-inf")).amax(dim=1)
         hardest_neg = dist.masked_fill(~negative, float("inf")).amin(dim=1)
-        gap = hardest_pos - hardest_neg
-        if self.margin is None:
-            return F.softplus(gap).mean()
-        return F.relu(gap + self.margin).mean()
+        if self.mining == "hard":
+            gaps = hardest_pos - hardest_neg
+        elif self.mining == "semi_hard":
+            gaps = self._semi_hard_gaps(dist, positive, negative, hardest_neg)
+        else:
+            gaps = (dist.unsqueeze(2) - dist.unsqueeze(1))[
+                positive.unsqueeze(2) & negative.unsqueeze(1)
+            ]
+        costs = F.softplus(gaps) if self.margin is None else F.relu(gaps + self.margin)
+        violating = gaps + (self.margin or 0.0) > 0
+        self.diagnostics = {
+            "anchors_ok": (hardest_pos < hardest_neg).float().mean().detach(),
+            "active": violating.float().mean().detach(),
+            "d_pos": hardest_pos.mean().detach(),
+            "d_neg": hardest_neg.mean().detach(),
+        }
+        if self.mining == "all" and self.margin is not None:
+            # Batch-all averages over the triplets that still cost something.
+            return costs.sum() / violating.sum().clamp(min=1)
+        return costs.mean()
+
+    @staticmethod
+    def _semi_hard_gaps(
+        dist: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        hardest_neg: torch.Tensor,
+    ) -> torch.Tensor:
+        """``d_ap - d_an`` of every anchor-positive pair with its semi-hard negative."""
+        d_ap = dist.unsqueeze(2)  # (A, B, 1): anchor a, candidate positive p
+        d_an = dist.unsqueeze(1)  # (A, 1, B): anchor a, candidate negative n
+        farther = negative.unsqueeze(1) & (d_an > d_ap)  # (A, B, B)
+        semi_hard = d_an.expand_as(farther).masked_fill(~farther, float("inf")).amin(dim=2)
+        chosen = torch.where(farther.any(dim=2), semi_hard, hardest_neg.unsqueeze(1))
+        return (dist - chosen)[positive]
 
 
 @LOSSES.register("triplet")
 def triplet(cfg: CfgNode, num_classes: int, feat_dim: int, weight: float) -> TripletLoss:
-    """Reads ``LOSS.TRIPLET_MARGIN`` and ``LOSS.TRIPLET_NORM_FEAT``."""
-    return TripletLoss(margin=cfg.LOSS.TRIPLET_MARGIN, normalize_feature=cfg.LOSS.TRIPLET_NORM_FEAT)
+    """Reads ``LOSS.TRIPLET_MARGIN``, ``LOSS.TRIPLET_NORM_FEAT`` and ``LOSS.TRIPLET_MINING``."""
+    return TripletLoss(
+        margin=cfg.LOSS.TRIPLET_MARGIN,
+        normalize_feature=cfg.LOSS.TRIPLET_NORM_FEAT,
+        mining=cfg.LOSS.TRIPLET_MINING,
+    )

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: python tools/test.py --config FILE TEST.WEIGHT CKPT [KEY VALUE ...]
 
-Results go to OUTPUT_DIR/test/ (metrics.json, log.txt, visual/), never over a training's files.
+Results go to OUTPUT_DIR/test/ (metrics.json, log.txt, TensorBoard) and pictures to
+OUTPUT_DIR/visual/, never over a training's files.
 """
 
 import argparse
@@ -20,7 +21,14 @@ from reid.utils.cli import run_cli
 from reid.utils.env import resolve_device
 from reid.utils.io import make_output_dir
 from reid.utils.logging import setup_logging
-from reid.utils.visualization import draw_cmc_curve, draw_ranked_lists, log_images_to_tensorboard
+from reid.utils.visualization import (
+    draw_cmc_curve,
+    draw_embedding,
+    draw_ranked_lists,
+    embedding_rows,
+    log_embedding,
+    log_images_to_tensorboard,
+)
 
 
 def main() -> None:
@@ -52,8 +60,9 @@ def main() -> None:
     )
     print(format_results(metrics))
 
+    # Pictures go to OUTPUT_DIR/visual/, which a training never writes.
+    visual = Path(cfg.OUTPUT_DIR) / "visual"
     if cfg.TEST.VISUALIZE_QUERIES:
-        visual = out / "visual"
         rows = np.linspace(0, num_query - 1, min(cfg.TEST.VISUALIZE_QUERIES, num_query))
         rows = sorted(set(rows.round().astype(int).tolist()))  # spread over identities
         distmat = gallery_distances(feats, num_query, options["metric"], options["rerank"], rows)
@@ -66,6 +75,16 @@ def main() -> None:
             log_images_to_tensorboard(writer, ranked, "ranked_lists")
             log_images_to_tensorboard(writer, [curve], "cmc")
         print(f"ranked lists and CMC curve in {visual}")
+    if cfg.TEST.EMBEDDING_PLOT:
+        rows = embedding_rows(pids, num_query, cfg.TEST.EMBEDDING_PLOT)
+        records = [(dataset.query + dataset.gallery)[i] for i in rows]
+        is_query = (rows < num_query).tolist()
+        plot = draw_embedding(
+            feats[rows], [r.pid for r in records], is_query, visual / "embedding.png"
+        )
+        with SummaryWriter(out / "tensorboard") as writer:
+            log_embedding(writer, feats[rows], records, is_query)
+        print(f"embedding of {len(rows)} images in {plot} and TensorBoard's projector")
 
 
 def cli() -> int:

@@ -11,6 +11,7 @@ red one when wrong.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import logging
 from collections.abc import Sequence
@@ -380,6 +381,122 @@ def _rank_ticks(num_ranks: int) -> list[int]:
     """Rank 1 and multiples of the smallest round step giving at most ~10 ticks."""
     step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if num_ranks / s <= 10)
     return [1] + [k for k in range(step, num_ranks + 1, step) if k != 1]
+
+
+# ---------------------------------------------------------------------------
+# Embedding picture
+
+_EMBED_MARGIN = 40
+
+
+def embedding_rows(pids: np.ndarray, num_query: int, num_identities: int) -> np.ndarray:
+    """Rows (query and gallery) of ``num_identities`` query identities, evenly spread.
+
+    Args:
+        pids: (N,) identities of the test images, queries first.
+        num_query: how many of the first rows are queries.
+        num_identities: identities to keep; junk (-1) and distractors (0) never count.
+
+    Returns:
+        Sorted row indices.
+    """
+    candidates = np.unique(pids[:num_query][pids[:num_query] > 0])
+    picks = np.linspace(0, len(candidates) - 1, min(num_identities, len(candidates)))
+    chosen = candidates[np.unique(picks.round().astype(int))]
+    return np.flatnonzero(np.isin(pids, chosen))
+
+
+def draw_embedding(
+    feats: np.ndarray | torch.Tensor,
+    pids: Sequence[int],
+    is_query: Sequence[bool],
+    out_path: str | Path,
+    size: int = 800,
+    seed: int = 0,
+) -> Path:
+    """A 2-D t-SNE (scikit-learn) of features, one colour per identity, as a PNG.
+
+    Queries are squares with a black outline, gallery images filled circles.
+
+    Args:
+        feats: (N, D) features.
+        pids: (N,) identities (colours).
+        is_query: (N,) which points are queries.
+        out_path: the PNG to write; its folder is created if missing.
+        size: width and height in pixels.
+        seed: t-SNE's random state: the same features give the same picture.
+
+    Returns:
+        ``out_path`` as a Path.
+    """
+    from sklearn.manifold import TSNE
+
+    feats = _to_numpy(feats).astype(np.float32)
+    if len(feats) < 3:
+        raise InputError(f"an embedding plot needs at least 3 images, got {len(feats)}")
+    perplexity = min(30.0, (len(feats) - 1) / 3)
+    points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = size - 2 * _EMBED_MARGIN
+    xy = _EMBED_MARGIN + (points - low) / np.maximum(high - low, 1e-9) * span
+    identities = sorted(set(int(p) for p in pids))
+    hues = {pid: i / len(identities) for i, pid in enumerate(identities)}
+    image = Image.new("RGB", (size, size), _WHITE)
+    draw = ImageDraw.Draw(image)
+    for (x, y), pid, query in zip(xy, pids, is_query, strict=True):
+        color = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hues[int(pid)], 0.75, 0.9))
+        if query:
+            draw.rectangle((x - 5, y - 5, x + 5, y + 5), fill=color, outline=_BLACK, width=2)
+        else:
+            draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=color)
+    font = _font(13)
+    title = f"t-SNE of test features: {len(identities)} identities, {len(feats)} images"
+    _centered_text(draw, size / 2, 10, title, font, _BLACK)
+    draw.text(
+        (10, size - 22),
+        "square: query   circle: gallery   colour: identity",
+        fill=_BLACK,
+        font=font,
+    )
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out_path)
+    return out_path
+
+
+def log_embedding(
+    writer: SummaryWriter,
+    feats: torch.Tensor,
+    records: Sequence[Record],
+    is_query: Sequence[bool],
+    thumbnail: int = 64,
+) -> None:
+    """Adds features to TensorBoard's projector, labelled and with image thumbnails.
+
+    The projector's sprite needs square thumbnails: each person, resized to half as
+    wide as high, is centred on a white square of side ``thumbnail``.
+    """
+
+    def square(record: Record) -> torch.Tensor:
+        person = read_image(record.path).resize(
+            (thumbnail // 2, thumbnail), Image.Resampling.BILINEAR
+        )
+        canvas = Image.new("RGB", (thumbnail, thumbnail), _WHITE)
+        canvas.paste(person, (thumbnail // 4, 0))
+        return torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1)
+
+    thumbnails = torch.stack([square(record) for record in records])
+    labels = [
+        [str(r.pid), f"c{r.camid}", "query" if q else "gallery"]
+        for r, q in zip(records, is_query, strict=True)
+    ]
+    writer.add_embedding(
+        feats,
+        metadata=labels,
+        metadata_header=["pid", "camera", "split"],
+        label_img=thumbnails.float() / 255,
+        tag="test_features",
+    )
 
 
 # ---------------------------------------------------------------------------

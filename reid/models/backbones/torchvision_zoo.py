@@ -72,8 +72,9 @@ def torchvision_backbone(model_name: str, last_stride: int = 1) -> nn.Module:
             "classifier (it pools tokens or classifies a map); choose a convolutional model"
         )
     body = create_feature_extractor(net, return_nodes={nodes[pools[0] - 1]: "map"})
-    output = next(node for node in body.graph.nodes if node.op == "output")
-    output.args = (output.args[0]["map"],)  # return the map itself, not a dict
+    for graph in (body.train_graph, body.eval_graph):  # one graph per mode
+        output = next(node for node in graph.nodes if node.op == "output")
+        output.args = (output.args[0]["map"],)  # return the map itself, not a dict
     body.recompile()
     size = _probe(body)
     if last_stride == 1:
