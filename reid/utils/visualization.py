@@ -483,7 +483,7 @@ def log_embedding(
         )
         canvas = Image.new("RGB", (thumbnail, thumbnail), _WHITE)
         canvas.paste(person, (thumbnail // 4, 0))
-        return torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(canvas)).permute(2, 0, 1)
 
     thumbnails = torch.stack([square(record) for record in records])
     labels = [
