@@ -1,8 +1,10 @@
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from reid.config import load_cfg
 from reid.data import DATASETS, DatasetError, ImageDataset, build_dataset
@@ -139,3 +141,31 @@ def test_loader_workers_leave_stop_signals_to_the_main_process(market_tree: Path
         _SigintHandler(), num_workers=1, worker_init_fn=ignore_stop_signals
     )
     assert [bool(ignored) for ignored in probe] == [True, True]
+
+
+def write_cuhk03_np(root: Path, seed: int = 0) -> Path:
+    """A tiny CUHK03-NP tree: labeled/ and detected/ in Market layout, random images."""
+    rng = np.random.default_rng(seed)
+    for crops in ("labeled", "detected"):
+        for split, pids in (("bounding_box_train", range(1, 5)), ("query", range(10, 14)),
+                            ("bounding_box_test", range(10, 16))):  # fmt: skip
+            for pid in pids:
+                for cam in (1, 2):
+                    for shot in range(1 if split == "query" else 2):
+                        pixels = rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)
+                        path = root / crops / split / f"{pid:04d}_c{cam}_{shot}.png"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(pixels).save(path)
+    return root
+
+
+def test_cuhk03_np_reads_detected_or_labeled(tmp_path: Path) -> None:
+    write_cuhk03_np(tmp_path / "cuhk03-np")
+    detected = DATASETS.get("cuhk03")(tmp_path)
+    labeled = DATASETS.get("cuhk03")(tmp_path, labeled=True)
+    assert detected.name == "cuhk03-np (detected)" and labeled.name == "cuhk03-np (labeled)"
+    assert "/detected/" in detected.query[0].path and "/labeled/" in labeled.query[0].path
+    assert detected.num_train_pids == 4 and len(detected.query) == 8
+    assert len(detected.gallery) == 24 and {r.camid for r in detected.gallery} == {0, 1}
+    with pytest.raises(DatasetError, match="no detected/bounding_box_train"):
+        DATASETS.get("cuhk03")(tmp_path / "cuhk03-np" / "labeled")

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_datasets import write_cuhk03_np
 from tiny_run import ROOT, SCHEDULE, run_tool, tiny
+
+from reid.config import load_cfg
+from reid.data import build_dataset, build_test_loader
+from reid.engine.checkpoint import build_trained_model
+from reid.evaluation import AqeOptions, EvalOptions, Ranking, extract_features
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +119,33 @@ def test_test_time_options_and_visual_results(trained: Path) -> None:
     assert "test_features" in projector.read_text()
     (tensors,) = (out / "test" / "tensorboard").glob("*/test_features/tensors.tsv")
     assert len(tensors.read_text().splitlines()) > 4  # 4 identities, query and gallery
+
+
+def test_cuhk03_and_every_protocol_switch_through_test_py(trained: Path, tmp_path: Path) -> None:
+    """CUHK03-NP (labeled crops), the official AP and alpha-QE, chosen from the config,
+    reach the ranking: tools/test.py gives what the evaluation functions give."""
+    write_cuhk03_np(tmp_path / "cuhk03-np")
+    switches = ["DATASETS.NAME", "cuhk03", "DATASETS.ROOT", str(tmp_path),
+                "DATASETS.CUHK03_LABELED", "true", "TEST.AP", "official",
+                "TEST.AQE", "true", "TEST.AQE_K", "3"]  # fmt: skip
+    opts = [
+        *tiny(trained.parent, tmp_path / "out"),
+        *switches,
+        "TEST.WEIGHT",
+        str(trained / "best.pth"),
+    ]
+    result = run_tool("test.py", "--config", "configs/demo.yml", *opts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tested = json.loads((tmp_path / "out" / "test" / "metrics.json").read_text())
+
+    cfg = load_cfg("configs/demo.yml", opts)
+    dataset = build_dataset(cfg)
+    assert "/labeled/" in dataset.query[0].path
+    loader, num_query = build_test_loader(cfg, dataset)
+    model = build_trained_model(cfg, cfg.TEST.WEIGHT)
+    feats, pids, camids = extract_features(model, loader, torch.device("cpu"))
+    for ap in ("official", "standard"):
+        options = EvalOptions(ap=ap, aqe=AqeOptions(k=3, alpha=3.0))
+        cmc, mean_ap, mean_inp = Ranking(feats, pids, camids, num_query, options).metrics()
+        assert (tested["mAP"] == pytest.approx(mean_ap, abs=1e-6)) is (ap == "official")
+    assert tested["rank1"] == pytest.approx(cmc[0], abs=1e-6)

@@ -140,19 +140,21 @@ def test_blocks_never_cover_more_than_the_grid(monkeypatch: pytest.MonkeyPatch) 
 def test_one_distance_block_alive_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feature_ranking, "_BLOCK_BYTES", 7 * 300 * 4)
     ranked: list[weakref.ref] = []
-    add_rows, compute = MarketRanker.add_rows, feature_ranking._DistanceBlocks.compute
+    add_rows, blocks = MarketRanker.add_rows, feature_ranking.distance_blocks
 
-    def spy_add_rows(self: MarketRanker, start: int, rows: np.ndarray, **kwargs: object) -> None:
+    def spy_add_rows(self: MarketRanker, start: int, rows: torch.Tensor, **kwargs: object) -> None:
         ranked.append(weakref.ref(rows))
         add_rows(self, start, rows, **kwargs)
 
-    def spy_compute(self: feature_ranking._DistanceBlocks, start: int, stop: int) -> torch.Tensor:
-        # On CPU a block is computed only once every ranked block has been freed.
-        assert all(ref() is None for ref in ranked)
-        return compute(self, start, stop)
+    def spy_blocks(*args: object):
+        for start, block in blocks(*args):
+            yield start, block
+            del block
+            # On CPU the next block is computed only once every ranked block is freed.
+            assert all(ref() is None for ref in ranked)
 
     monkeypatch.setattr(MarketRanker, "add_rows", spy_add_rows)
-    monkeypatch.setattr(feature_ranking._DistanceBlocks, "compute", spy_compute)
+    monkeypatch.setattr(feature_ranking, "distance_blocks", spy_blocks)
     evaluate_features(*market_like_features(seed=1))
     assert len(ranked) == 6
 
@@ -162,26 +164,12 @@ def test_ranker_blocks_in_any_order_match_evaluate_rank() -> None:
     distmat = pairwise_distance(query, gallery).numpy()
     ranker = MarketRanker(*labels)
     for start in reversed(range(0, 40, 9)):
-        ranker.add_block(start, distmat[start : start + 9])
+        ranker.add_rows(start, distmat[start : start + 9])
     assert_same(ranker.result(20, "official"), evaluate_rank(distmat, *labels, 20, "official"))
     with pytest.raises(ValueError, match=r"block must have shape \(n, 300\)"):
-        ranker.add_block(0, distmat[:, :10])
+        ranker.add_rows(0, distmat[:, :10])
     with pytest.raises(ValueError, match="outside the 40 queries"):
-        ranker.add_block(35, distmat[:9])
-
-
-def test_prefetching_blocks_gives_the_same_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The CUDA code path (next GEMM queued before the current block is ranked), on CPU.
-    monkeypatch.setattr(feature_ranking, "_BLOCK_BYTES", 7 * 300 * 4)
-    query, gallery, *_ = market_like_features(seed=13)
-    query_t, gallery_t = torch.from_numpy(query), torch.from_numpy(gallery)
-    blocks = feature_ranking._DistanceBlocks(query_t, gallery_t, "cosine", None)
-    plain = list(feature_ranking._host_blocks(blocks, prefetch=False))
-    ahead = list(feature_ranking._host_blocks(blocks, prefetch=True))
-    assert [start for start, _ in ahead] == list(range(0, 40, 7))
-    for (start_a, block_a), (start_b, block_b) in zip(plain, ahead, strict=True):
-        assert start_a == start_b
-        np.testing.assert_array_equal(block_a, block_b)
+        ranker.add_rows(35, distmat[:9])
 
 
 # ---------------------------------------------------------------------------
@@ -230,8 +218,8 @@ def test_pairwise_distance_equals_evaluated_blocks(monkeypatch: pytest.MonkeyPat
     full = pairwise_distance(query, gallery, "euclidean")
     ranked = []
 
-    def spy(self: MarketRanker, start: int, rows: np.ndarray, **kwargs: object) -> None:
-        ranked.append(torch.from_numpy(rows.copy()))
+    def spy(self: MarketRanker, start: int, rows: torch.Tensor, **kwargs: object) -> None:
+        ranked.append(rows.clone())
 
     monkeypatch.setattr(MarketRanker, "add_rows", spy)
     with pytest.raises(ValueError, match="no query has a correct match"):

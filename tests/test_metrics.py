@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from reid.errors import InputError
-from reid.evaluation import metrics
 from reid.evaluation.metrics import check_gallery_matches, evaluate_rank
 
 # ---------------------------------------------------------------------------
@@ -339,92 +337,6 @@ def test_cuda_inputs_match_numpy() -> None:
 
 
 # ---------------------------------------------------------------------------
-# CUHK03 protocol
-
-
-def test_cuhk03_is_deterministic_and_keeps_market_map() -> None:
-    problem = market_like_problem(6)
-    first = evaluate_rank(*problem, protocol="cuhk03")
-    second = evaluate_rank(*problem, protocol="cuhk03")
-    np.testing.assert_array_equal(first[0], second[0])
-    assert first[1:] == second[1:]
-    market = evaluate_rank(*problem)
-    assert first[1:] == market[1:]
-    assert np.all(np.diff(first[0]) >= 0) and 0 < first[0][-1] <= 1
-
-
-def test_cuhk03_one_image_per_identity_equals_market() -> None:
-    rng = np.random.default_rng(0)
-    num_ids = 30
-    g_pids = np.concatenate([np.arange(1, num_ids + 1), [0, 0, 0, -1]])
-    g_cams = np.ones(g_pids.size, dtype=int)
-    q_pids = rng.integers(1, num_ids + 1, 20)
-    q_cams = np.zeros(20, dtype=int)
-    dist = rng.random((20, g_pids.size))
-    cuhk = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20, protocol="cuhk03")
-    market = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
-    np.testing.assert_allclose(cuhk[0], market[0], atol=1e-12)
-    assert cuhk[1:] == market[1:]
-
-
-def test_cuhk03_hand_case() -> None:
-    # Query pid 1 cam 0. Gallery by distance: two pid-2 images, then two pid-1 images
-    # (other camera), then pid 3. Whatever the draw, one pid-2 image precedes the drawn
-    # match: single-shot CMC = [0, 1, 1]. The full list puts the first match at rank 3.
-    dist = np.array([[0.1, 0.2, 0.3, 0.4, 0.5]])
-    args = (dist, np.array([1]), np.array([2, 2, 1, 1, 3]), np.array([0]), np.ones(5))
-    cmc, mean_ap, _ = evaluate_rank(*args, max_rank=3, protocol="cuhk03")
-    np.testing.assert_allclose(cmc, [0.0, 1.0, 1.0])
-    np.testing.assert_allclose(evaluate_rank(*args, max_rank=3)[0], [0.0, 0.0, 1.0])
-    assert mean_ap == pytest.approx((1 / 3 + 2 / 4) / 2)
-
-
-def exact_single_shot_cmc(
-    distmat: np.ndarray,
-    q_pids: np.ndarray,
-    g_pids: np.ndarray,
-    q_camids: np.ndarray,
-    g_camids: np.ndarray,
-    max_rank: int,
-) -> np.ndarray:
-    """Expected single-shot CMC, enumerating every draw of one image per identity."""
-    curves = []
-    for q in range(distmat.shape[0]):
-        ranked = [
-            k
-            for k in np.argsort(distmat[q], kind="stable")
-            if g_pids[k] != -1 and not (g_pids[k] == q_pids[q] and g_camids[k] == q_camids[q])
-        ]
-        if not any(g_pids[k] == q_pids[q] for k in ranked):
-            continue
-        identities = sorted({int(g_pids[k]) for k in ranked if g_pids[k] != 0})
-        members = [[k for k in ranked if g_pids[k] == pid] for pid in identities]
-        curve = np.zeros(max_rank)
-        draws = list(itertools.product(*members))
-        for draw in draws:
-            kept = [k for k in ranked if g_pids[k] == 0 or k in draw]
-            first = next(r for r, k in enumerate(kept) if g_pids[k] == q_pids[q])
-            curve[first:] += 1
-        curves.append(curve / len(draws))
-    return np.mean(curves, axis=0)
-
-
-def test_cuhk03_matches_exact_expectation(monkeypatch: pytest.MonkeyPatch) -> None:
-    # With many repeats the sampled curve converges to the exact expectation.
-    monkeypatch.setattr(metrics, "CUHK03_REPEATS", 4000)
-    rng = np.random.default_rng(1)
-    g_pids = np.array([1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 0, 0, -1])
-    g_cams = rng.integers(0, 3, g_pids.size)
-    q_pids, q_cams = rng.integers(1, 5, 8), rng.integers(0, 3, 8)
-    dist = np.round(rng.random((8, g_pids.size)) * 8) / 8  # with ties
-    expected = exact_single_shot_cmc(dist, q_pids, g_pids, q_cams, g_cams, max_rank=6)
-    cmc, _, _ = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=6, protocol="cuhk03")
-    market, _, _ = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=6)
-    assert np.abs(market - expected).max() > 0.1  # the protocols do differ here
-    np.testing.assert_allclose(cmc, expected, atol=0.02)
-
-
-# ---------------------------------------------------------------------------
 # Invalid inputs
 
 
@@ -444,7 +356,6 @@ def test_shape_mismatch_names_the_array() -> None:
     ("kwargs", "pattern"),
     [
         ({"ap": "voc"}, "unknown ap 'voc'; valid: standard, official"),
-        ({"protocol": "duke"}, "unknown protocol 'duke'; valid: market1501, cuhk03"),
         ({"max_rank": 0}, "max_rank"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"num_workers": 0}, "num_workers"),

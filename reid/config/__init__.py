@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "SOLVER.SCHEDULER": ("multistep", "cosine"),
     "TEST.NECK_FEAT": ("before", "after"),
     "TEST.METRIC": ("cosine", "euclidean"),
+    "TEST.AP": ("standard", "official"),
     "LOSS.TRIPLET_MINING": ("hard", "semi_hard", "all"),
 }
 
@@ -386,6 +387,8 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "TEST.RERANK_LAMBDA": _between(0, 1),
     "TEST.VISUALIZE_QUERIES": _at_least(0),
     "TEST.EMBEDDING_PLOT": _at_least(0),
+    "TEST.AQE_K": _at_least(1),
+    "TEST.AQE_ALPHA": _at_least(0),
 }
 
 

@@ -53,10 +53,12 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 
 # ---------------------------------------------------------------------------
 _C.DATASETS = CN()
-# Name in reid.data.DATASETS: market1501, dukemtmc, msmt17, market_folder, synthetic.
+# Name in reid.data.DATASETS: market1501, dukemtmc, msmt17, cuhk03, market_folder, synthetic.
 _C.DATASETS.NAME = "market1501"
 # The dataset folder, or a parent holding it under its usual name.
 _C.DATASETS.ROOT = "datasets"
+# cuhk03 (CUHK03-NP): the hand-labelled crops instead of the detected ones.
+_C.DATASETS.CUHK03_LABELED = False
 # Built-in synthetic pedestrians, generated under ROOT on first use.
 _C.DATASETS.SYNTHETIC = CN()
 # Identities in all; half train, half test.
@@ -155,6 +157,14 @@ _C.TEST.FEAT_NORM = True
 _C.TEST.FLIP = False
 # Gallery ranking distance: "cosine" or "euclidean".
 _C.TEST.METRIC = "cosine"
+# Average precision: "standard" (Bag-of-Tricks, FastReID, Torchreid) or "official" (the
+# Market-1501 MATLAB code's trapezoid, lower by 0.5-1 mAP).
+_C.TEST.AP = "standard"
+# Alpha query expansion (Radenovic et al. 2018) of query and gallery features, over
+# each feature's AQE_K nearest with weights similarity ** AQE_ALPHA.
+_C.TEST.AQE = False
+_C.TEST.AQE_K = 5
+_C.TEST.AQE_ALPHA = 3.0
 # k-reciprocal re-ranking (Zhong et al. 2017) and its parameters.
 _C.TEST.RE_RANKING = False
 _C.TEST.RERANK_K1 = 20

@@ -26,7 +26,9 @@ def build_dataset(cfg: CfgNode) -> ReidDataset:
     if Path(cfg.DATASETS.ROOT).is_file():
         raise DatasetError(f"DATASETS.ROOT {cfg.DATASETS.ROOT} is a file; expected a folder")
     options = {}
-    if cfg.DATASETS.NAME == "synthetic":
+    if cfg.DATASETS.NAME == "cuhk03":
+        options = {"labeled": cfg.DATASETS.CUHK03_LABELED}
+    elif cfg.DATASETS.NAME == "synthetic":
         synthetic = cfg.DATASETS.SYNTHETIC
         options = {
             "num_identities": synthetic.NUM_IDENTITIES,

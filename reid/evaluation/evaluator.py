@@ -1,4 +1,11 @@
-"""Feature extraction and model evaluation on a query + gallery loader."""
+"""Evaluating a model: features of a query + gallery loader, then the test-time options
+(alpha-QE, re-ranking) and the ranking metrics.
+
+The features' path is one way: :func:`extract_features` -> :class:`Ranking` (query
+expansion, then either re-ranked distances or memory-bounded blocks) -> metrics.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +20,7 @@ from yacs.config import CfgNode
 
 from reid.evaluation.feature_ranking import evaluate_features, pairwise_distance
 from reid.evaluation.metrics import evaluate_rank
-from reid.evaluation.rerank import re_ranking
+from reid.evaluation.rerank import alpha_query_expansion, re_ranking
 from reid.utils import distributed
 
 
@@ -24,6 +31,39 @@ class RerankOptions:
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+
+
+@dataclass(frozen=True)
+class AqeOptions:
+    """Alpha query expansion parameters (Radenovic et al. 2018)."""
+
+    k: int = 5
+    alpha: float = 3.0
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How test features are compared: ``TEST.*`` as plain values."""
+
+    flip: bool = False
+    metric: str = "cosine"
+    ap: str = "standard"
+    rerank: RerankOptions | None = None
+    aqe: AqeOptions | None = None
+
+
+def build_eval_options(cfg: CfgNode) -> EvalOptions:
+    """``TEST.FLIP``, ``METRIC``, ``AP``, ``RE_RANKING`` (+ ``RERANK_*``), ``AQE`` (+ ``AQE_*``)."""
+    test = cfg.TEST
+    rerank = RerankOptions(test.RERANK_K1, test.RERANK_K2, test.RERANK_LAMBDA)
+    aqe = AqeOptions(test.AQE_K, test.AQE_ALPHA)
+    return EvalOptions(
+        test.FLIP,
+        test.METRIC,
+        test.AP,
+        rerank if test.RE_RANKING else None,
+        aqe if test.AQE else None,
+    )
 
 
 @torch.no_grad()
@@ -55,7 +95,7 @@ def extract_features(
     (``build_test_loader``); the shares are gathered back in order on every rank.
 
     Returns:
-        Features (N, D) float32 on CPU, pids (N,) and camids (N,).
+        Features (N, D) float32 on the CPU, pids (N,) and camids (N,).
     """
     was_training = model.training
     model.eval()
@@ -70,54 +110,65 @@ def extract_features(
     return feats, pids.numpy(), camids.numpy()
 
 
-def gallery_distances(
-    feats: torch.Tensor,
-    num_query: int,
-    metric: str = "cosine",
-    rerank: RerankOptions | None = None,
-    rows: Sequence[int] | None = None,
-) -> np.ndarray | torch.Tensor:
-    """Distances of the queries at ``rows`` (default: all) to the gallery.
+class Ranking:
+    """Query features ranked against gallery features under :class:`EvalOptions`.
+
+    With alpha-QE the features are expanded first. With re-ranking the (Q, G)
+    re-ranked matrix is computed once, on first use, and serves both the metrics and
+    any rows asked for; without it the metrics come from memory-bounded blocks.
 
     Args:
         feats: (N, D), queries first.
-        metric: ``"cosine"`` or ``"euclidean"``; re-ranking always starts from the
-            squared Euclidean distance of the published algorithm.
-
-    Returns:
-        (len(rows), N - num_query) distances, smaller = more similar.
+        pids, camids: (N,) labels.
+        num_query: how many of the first rows are queries.
+        options: the test-time options.
+        device: where distances are computed (the model's device); CPU by default.
     """
-    query, gallery = feats[:num_query], feats[num_query:]
-    rows = list(range(num_query)) if rows is None else list(rows)
-    if rerank is None:
-        return pairwise_distance(query[rows], gallery, metric)
-    # Re-ranking depends on every query's neighbourhood, so it runs on all of them.
-    return re_ranking(query, gallery, rerank.k1, rerank.k2, rerank.lambda_value)[rows]
 
+    def __init__(
+        self,
+        feats: torch.Tensor,
+        pids: np.ndarray,
+        camids: np.ndarray,
+        num_query: int,
+        options: EvalOptions = EvalOptions(),
+        device: torch.device | None = None,
+    ) -> None:
+        self.query, self.gallery = feats[:num_query], feats[num_query:]
+        if options.aqe is not None:
+            self.query, self.gallery = alpha_query_expansion(
+                self.query, self.gallery, options.aqe.k, options.aqe.alpha, device=device
+            )
+        q, g = slice(0, num_query), slice(num_query, None)
+        self.labels = (pids[q], pids[g], camids[q], camids[g])
+        self.options, self.device = options, device
+        self._reranked: np.ndarray | None = None
 
-def rank_gallery(
-    feats: torch.Tensor,
-    pids: np.ndarray,
-    camids: np.ndarray,
-    num_query: int,
-    metric: str = "cosine",
-    rerank: RerankOptions | None = None,
-) -> tuple[np.ndarray, float, float]:
-    """CMC, mAP and mINP of query features (the first ``num_query`` rows) against the rest.
+    def metrics(self, max_rank: int = 50) -> tuple[np.ndarray, float, float]:
+        """``(cmc (max_rank,), mAP, mINP)`` under the Market-1501 protocol."""
+        if self.options.rerank is None:
+            return evaluate_features(
+                self.query, self.gallery, *self.labels, self.options.metric, max_rank,
+                self.options.ap, device=self.device,
+            )  # fmt: skip
+        return evaluate_rank(self.distances(), *self.labels, max_rank, self.options.ap)
 
-    Without re-ranking the distances are computed query chunk by chunk, so memory
-    stays bounded at any gallery size; re-ranking needs its own distance matrix.
+    def distances(self, rows: Sequence[int] | None = None) -> np.ndarray | torch.Tensor:
+        """Distances of the queries at ``rows`` (default: all) to the gallery, (len(rows), G).
 
-    Returns:
-        ``(cmc (50,), mAP, mINP)`` as fractions.
-    """
-    q, g = slice(0, num_query), slice(num_query, None)
-    if rerank is None:
-        return evaluate_features(
-            feats[q], feats[g], pids[q], pids[g], camids[q], camids[g], metric=metric
-        )
-    distmat = gallery_distances(feats, num_query, metric, rerank)
-    return evaluate_rank(distmat, pids[q], pids[g], camids[q], camids[g])
+        Re-ranking starts from the squared Euclidean distance of the published
+        algorithm, whatever ``metric`` says.
+        """
+        rerank = self.options.rerank
+        if rerank is None:
+            query = self.query if rows is None else self.query[list(rows)]
+            return pairwise_distance(query, self.gallery, self.options.metric, device=self.device)
+        if self._reranked is None:
+            self._reranked = re_ranking(
+                self.query, self.gallery, rerank.k1, rerank.k2, rerank.lambda_value,
+                device=self.device,
+            )  # fmt: skip
+        return self._reranked if rows is None else self._reranked[list(rows)]
 
 
 def summarize(cmc: np.ndarray, mean_ap: float, mean_inp: float) -> dict[str, float]:
@@ -136,11 +187,12 @@ def evaluate_model(
     loader: DataLoader,
     num_query: int,
     device: torch.device,
-    flip: bool = False,
-    metric: str = "cosine",
-    rerank: RerankOptions | None = None,
+    options: EvalOptions = EvalOptions(),
 ) -> dict[str, float]:
     """Extracts query + gallery features and evaluates the ranking.
+
+    Distances are computed on ``device`` (the model's: the GPU when it is there).
+    Under torchrun the ranking runs once, on rank 0, and every rank gets its metrics.
 
     Args:
         loader: query images first, then gallery images (``build_test_loader``).
@@ -149,16 +201,6 @@ def evaluate_model(
     Returns:
         ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions in [0, 1].
     """
-    feats, pids, camids = extract_features(model, loader, device, flip)
-    # Ranking runs once, on rank 0; the other ranks wait for its metrics.
-    return distributed.on_main(
-        lambda: summarize(*rank_gallery(feats, pids, camids, num_query, metric, rerank))
-    )
-
-
-def build_eval_options(cfg: CfgNode) -> dict:
-    """``evaluate_model`` keyword arguments from ``TEST.FLIP``, ``METRIC``, ``RE_RANKING``."""
-    rerank = None
-    if cfg.TEST.RE_RANKING:
-        rerank = RerankOptions(cfg.TEST.RERANK_K1, cfg.TEST.RERANK_K2, cfg.TEST.RERANK_LAMBDA)
-    return {"flip": cfg.TEST.FLIP, "metric": cfg.TEST.METRIC, "rerank": rerank}
+    feats, pids, camids = extract_features(model, loader, device, options.flip)
+    ranking = Ranking(feats, pids, camids, num_query, options, device)
+    return distributed.on_main(lambda: summarize(*ranking.metrics()))

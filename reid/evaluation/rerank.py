@@ -1,54 +1,19 @@
 """Post-processing of a query x gallery ranking: k-reciprocal re-ranking and alpha-QE.
 
-k-reciprocal re-ranking (Zhong et al., "Re-ranking Person Re-identification with
-k-reciprocal Encoding", CVPR 2017) replaces the query x gallery distance by a mix of
-the original distance and a Jaccard distance between k-reciprocal neighbourhoods
-computed over all query + gallery images.
+k-reciprocal re-ranking (Zhong et al., CVPR 2017) reads little of the dense N x N
+matrices the published code builds: each sample's ``max(k1 + 1, k2)`` nearest
+neighbours, each row's maximum, a few distances inside the expanded neighbourhoods and
+the query x gallery block. So distances come in square blocks (the upper triangle only,
+each block serving its mirror) merged into running nearest neighbours with
+``torch.topk``; the encodings ``V`` are sparse (about 20 non-zeros a row) and the
+Jaccard overlaps are sums of ``min`` gathered through the gallery's inverted index.
 
-How the fast path works
------------------------
-The published code builds several dense N x N matrices (N = queries + gallery) and
-loops over samples in Python. Only a small part of those matrices is ever read:
-
-* the ``max(k1 + 1, k2)`` nearest neighbours of each sample, with their distances;
-* the maximum of each row of the distance matrix (the normalisation);
-* distances between a sample and the members of its expanded neighbourhood, most of
-  which are already among its nearest neighbours (the rest are recomputed from the
-  features);
-* the query x gallery block of the distance matrix, which is the output's size anyway.
-
-So the distance matrix is computed in square blocks, one GEMM each, and only the upper
-triangle of blocks is computed because the matrix is symmetric: a block serves its
-rows directly and the rows of the mirrored block through its transpose. The running
-k nearest neighbours of a row are merged block by block; after the first block, a
-row's current k-th distance is an upper bound on its final one, so a cheap comparison
-keeps the few candidates below it and no full ``topk`` is needed. Neighbourhood
-encodings ``V`` are sparse: an accepted candidate set has fewer than a third of its
-``round(k1 / 2) + 1`` members outside ``R(i, k1)``, so a row has at most
-``(k1 + 1) * ceil((round(k1 / 2) + 1) / 3)`` non-zeros (84 for k1 = 20, about 20 in
-practice), and ``k2`` times that after query expansion. So the reciprocity
-checks and the expansion are vectorised over index tables, ``V`` and its query
-expansion are ``scipy.sparse`` matrices, and the Jaccard overlap of a query with every
-gallery image is a sum of ``min`` over the columns they share, gathered through the
-column (inverted) index of the gallery rows.
-
-Precision
----------
-Neighbour lists are cut at fixed ranks, so a near-tie at a cut (two distances closer
-than the float32 rounding of the GEMM, about 1e-7 relative) may fall either way in any
-two float32 implementations, the published one run with another BLAS included. Such a
-flip changes the affected neighbourhoods and moves the re-ranked distances of the rows
-they touch by up to about 1e-2. Away from such near-ties (in practice: small problems,
-and all but a few samples of Market-size ones) results equal a float32 run of the
-published algorithm to about 1e-6.
+Precision: a near-tie at a neighbour-list cut (below float32 rounding) may fall either
+way in any two float32 implementations and moves the rows it touches by up to ~1e-2;
+elsewhere results equal a float32 run of the published algorithm to about 1e-6.
 """
 
 from __future__ import annotations
-
-import logging
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,11 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid.errors import InputError
-
-logger = logging.getLogger(__name__)
+from reid.evaluation.feature_ranking import as_features, compute_device, squared_euclidean
 
 FeatureArray = np.ndarray | torch.Tensor
-ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 # Row chunk for the neighbourhood construction; its largest temporary is
 # chunk * (k1 + 1)^2 * (k1 / 2 + 1) bytes (about 10 MB at k1 = 20).
@@ -88,36 +51,23 @@ def re_ranking(
 ) -> np.ndarray:
     """k-reciprocal re-ranking of Zhong et al. (CVPR 2017), computed in float32.
 
-    This is the published algorithm, step by step:
+    The published algorithm, step by step:
 
-    1. ``d[i, j]`` is the squared Euclidean distance between all ``N = Q + G`` query and
-       gallery features, computed as ``|x_i|^2 + |x_j|^2 - 2 x_i . x_j``.
-    2. The authors normalise with ``(d / d.max(axis=0)).T``: column ``j`` is divided by
-       its maximum and the result is transposed, so that (``d`` being symmetric) row
-       ``i`` of the normalised distance ``o`` is ``d[i, :] / max_j d[i, j]``. Each row
-       is scaled by its *own* maximum over all N samples, so ``o`` is not symmetric.
-    3. ``N(i, k)`` are the ``k + 1`` nearest samples to ``i`` (itself included), and the
-       k-reciprocal set ``R(i, k)`` keeps those ``j`` in ``N(i, k)`` with ``i`` in
-       ``N(j, k)``.
-    4. ``R*(i)`` is ``R(i, k1)`` joined with ``R(j, round(k1 / 2))`` for every ``j`` in
-       ``R(i, k1)`` whose set has more than 2/3 of its members in ``R(i, k1)``
-       (``round`` is numpy's, halves to even).
-    5. ``V[i, j] = exp(-o[i, j]) / sum_{j' in R*(i)} exp(-o[i, j'])`` for ``j`` in
-       ``R*(i)``, else 0.
-    6. Local query expansion (when ``k2 != 1``): row ``i`` of ``V`` is replaced by the
-       mean of the rows of its ``k2`` nearest samples (itself included).
+    1. ``d[i, j]``: squared Euclidean distances of all ``N = Q + G`` features.
+    2. ``o[i, :] = d[i, :] / max_j d[i, j]`` (the authors' ``(d / d.max(axis=0)).T`` on a
+       symmetric ``d``): each row scaled by its own maximum, so ``o`` is not symmetric.
+    3. ``N(i, k)``: the ``k + 1`` nearest samples to ``i`` (itself included);
+       ``R(i, k)``: those ``j`` in ``N(i, k)`` with ``i`` in ``N(j, k)``.
+    4. ``R*(i)``: ``R(i, k1)`` joined with ``R(j, round(k1 / 2))`` for every ``j`` in
+       ``R(i, k1)`` whose set has more than 2/3 of its members in ``R(i, k1)``.
+    5. ``V[i, j] = exp(-o[i, j]) / sum_{j' in R*(i)} exp(-o[i, j'])`` on ``R*(i)``, else 0.
+    6. Local query expansion (``k2 != 1``): row ``i`` of ``V`` becomes the mean of the
+       rows of its ``k2`` nearest samples.
     7. ``s[q, g] = sum_c min(V[q, c], V[g, c])``; Jaccard distance ``1 - s / (2 - s)``.
-    8. Result: ``jaccard * (1 - lambda_value) + o * lambda_value`` for query rows and
-       gallery columns.
+    8. Result: ``jaccard * (1 - lambda_value) + o * lambda_value`` for (query, gallery).
 
-    The authors' code stores ``V`` and the Jaccard distance in float16, which moves the
-    result by up to about 3e-3; everything here is float32 (sums of ``min`` in float64),
-    so results equal a float32 run of the published algorithm to about 1e-6, except
-    around neighbour-list near-ties at float32 resolution (see the module docstring).
-    Exactly equal distances may be ordered differently from ``np.argsort``.
-
-    Memory is O(N * k1 + N * D) plus the (Q, G) output; time is dominated by the
-    N x N x D distance GEMM, of which half is computed.
+    The authors keep ``V`` and the Jaccard distance in float16 (up to ~3e-3 off); here
+    everything is float32. Memory is O(N * k1 + N * D) plus the (Q, G) output.
 
     Args:
         query_feats: (Q, D) query features (tensor or array; cast to float32).
@@ -125,11 +75,10 @@ def re_ranking(
         k1: size of the k-reciprocal neighbourhoods.
         k2: size of the local query expansion (1 turns it off).
         lambda_value: weight of the original distance, in [0, 1].
-        device: where the distances are computed (GEMM and neighbour search); the
-            sparse stages run on the CPU. Defaults to the device of a tensor
-            ``query_feats``, else the CPU.
-        block_size: side of the square distance blocks (raised to at least
-            ``max(k1 + 1, k2)``); peak extra memory is a few blocks of float32.
+        device: where the GEMM and neighbour search run (the sparse stages run on the
+            CPU); by default a CUDA input's device, else the CPU.
+        block_size: side of the square distance blocks (at least ``max(k1 + 1, k2)``);
+            peak extra memory is a few such float32 blocks.
 
     Returns:
         (Q, G) float32 re-ranked distances (smaller is more similar).
@@ -138,48 +87,34 @@ def re_ranking(
         raise InputError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= lambda_value <= 1.0:
         raise InputError(f"lambda_value must be in [0, 1], got {lambda_value}")
-    query, gallery, device = _query_and_gallery(query_feats, gallery_feats, device)
+    query, gallery = as_features(query_feats, gallery_feats)
+    device = compute_device(device, query)
     num_query, num_gallery = query.shape[0], gallery.shape[0]
     num_all = num_query + num_gallery
     out = np.empty((num_query, num_gallery), dtype=np.float32)
-    if num_query == 0 or num_gallery == 0:
-        return out
 
-    start = time.perf_counter()
     feats = torch.cat([query, gallery]).to(device=device, dtype=torch.float32)
     num_neighbours = min(max(k1 + 1, k2), num_all)
     top_dist, top_index, row_max = _nearest_neighbours(
         feats, num_neighbours, max(block_size, num_neighbours), out, num_query
     )
-    logger.debug("re_ranking: distances and %d-NN in %.2fs", num_neighbours, _since(start))
-
-    start = time.perf_counter()
     rows, cols = _expanded_neighbourhoods(top_index, k1)
     dist = _pair_distances(rows, cols, top_index, top_dist, feats)
     weight = np.exp(-(dist / row_max[rows]))
     weight /= np.bincount(rows, weights=weight, minlength=num_all).astype(np.float32)[rows]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=num_all))])
     encoding = sp.csr_matrix((weight, cols, indptr), shape=(num_all, num_all))
-    logger.debug(
-        "re_ranking: k-reciprocal encoding, %.1f non-zeros a row, in %.2fs",
-        encoding.nnz / num_all,
-        _since(start),
-    )
-
-    start = time.perf_counter()
-    if k2 != 1:
-        encoding = _local_query_expansion(encoding, top_index[:, : min(k2, num_all)])
-    logger.debug(
-        "re_ranking: query expansion, %.1f non-zeros a row, in %.2fs",
-        encoding.nnz / num_all,
-        _since(start),
-    )
-
-    start = time.perf_counter()
+    if k2 != 1:  # local query expansion: each row the mean of its k2 nearest rows
+        nearest = top_index[:, : min(k2, num_all)]
+        averaging = sp.csr_matrix(
+            (np.full(nearest.size, 1.0 / nearest.shape[1], dtype=np.float32), nearest.ravel(),
+             np.arange(0, nearest.size + 1, nearest.shape[1])),
+            shape=(num_all, num_all),
+        )  # fmt: skip
+        encoding = (averaging @ encoding).tocsr()
     _combine_with_jaccard(
         out, encoding[:num_query], encoding[num_query:].tocsc(), row_max[:num_query], lambda_value
     )
-    logger.debug("re_ranking: Jaccard distances in %.2fs", _since(start))
     return out
 
 
@@ -193,63 +128,43 @@ def alpha_query_expansion(
     expand_gallery: bool = True,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alpha query expansion (alpha-QE) and its gallery-side twin (Radenovic et al., 2018).
+    """Alpha query expansion and its gallery-side twin (Radenovic et al., TPAMI 2018).
 
-    Features are first L2-normalised, so similarity is the cosine ``s``. Then, in one
-    pass each (no iteration):
-
-    * gallery (when ``expand_gallery``, "database-side augmentation"): each gallery
-      feature ``g`` becomes ``normalise(sum_n w_n g_n)`` over its ``k`` most similar
-      gallery features ``g_n`` (``g`` itself, with ``s = 1``, is normally the first),
-      all taken from the normalised gallery *before* expansion;
-    * query (when ``expand_query``): each query ``q`` becomes
-      ``normalise(q + sum_n w_n g_n)`` over its ``k - 1`` most similar features ``g_n``
-      of the gallery *as returned* (expanded if ``expand_gallery``). Queries never use
-      other queries.
-
-    So in both cases a feature is replaced by the weighted sum of its ``k`` nearest
-    neighbours among itself and the gallery. Weights are ``w = max(s, 0) ** alpha``
-    (the feature itself has weight 1); clamping keeps odd or fractional powers of
-    negative similarities out. ``alpha = 0`` gives plain average query expansion and
+    Features are L2-normalised, so similarity is the cosine ``s``, and each is replaced,
+    in one pass, by the normalised weighted sum of its ``k`` nearest among itself and
+    the gallery, with weights ``max(s, 0) ** alpha`` (1 for itself): gallery features
+    over the gallery before expansion (``expand_gallery``, "database-side
+    augmentation"), query features over the gallery as returned (``expand_query``;
+    queries never use other queries). ``alpha = 0`` is plain average query expansion;
     ``k = 1`` only normalises.
 
     Args:
         query_feats: (Q, D) query features (tensor or array).
         gallery_feats: (G, D) gallery features.
-        k: neighbours per feature, the feature itself included (``k >= 1``).
+        k: neighbours per feature, itself included (``k >= 1``).
         alpha: exponent of the similarity weights.
-        expand_query: expand the queries.
-        expand_gallery: expand the gallery.
-        device: where the similarities are computed (in blocks of about 32M entries);
-            defaults to the device of a tensor ``query_feats``, else the CPU.
+        expand_query, expand_gallery: which side to expand.
+        device: where the similarities are computed (blocks of about 32M entries).
 
     Returns:
         ``(query (Q, D), gallery (G, D))``: L2-normalised float32 tensors on the CPU.
     """
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
-    query, gallery, device = _query_and_gallery(query_feats, gallery_feats, device)
+    query, gallery = as_features(query_feats, gallery_feats)
+    device = compute_device(device, query)
     query = F.normalize(query.to(device=device, dtype=torch.float32), dim=1)
     gallery = F.normalize(gallery.to(device=device, dtype=torch.float32), dim=1)
-    if expand_gallery and k > 1 and len(gallery) > 0:
+    if expand_gallery and k > 1:
         gallery = _weighted_neighbour_sum(gallery, gallery, k, alpha, add_self=False)
-    if expand_query and k > 1 and len(gallery) > 0 and len(query) > 0:
+    if expand_query and k > 1:
         query = _weighted_neighbour_sum(query, gallery, k - 1, alpha, add_self=True)
     return query.cpu(), gallery.cpu()
 
 
-# ---------------------------------------------------------------------------
-# Stage 1: blocked distances, nearest neighbours, row maxima
-
-
 @torch.no_grad()
 def _nearest_neighbours(
-    feats: torch.Tensor,
-    k: int,
-    block_size: int,
-    qg_out: np.ndarray,
-    num_query: int,
-    numpy_passes: bool | None = None,
+    feats: torch.Tensor, k: int, block_size: int, qg_out: np.ndarray, num_query: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest neighbours and row maxima of the squared-distance matrix of ``feats``.
 
@@ -258,163 +173,46 @@ def _nearest_neighbours(
     Args:
         feats: (N, D) float32, queries first.
         k: neighbours per row, ``k <= N``; ``block_size >= k``.
-        numpy_passes: scan blocks with numpy (default: when ``feats`` is on the CPU).
 
     Returns:
         ``(dist (N, k) float32, index (N, k) int64, row_max (N,) float32)``: the k
         smallest distances of each row in increasing order, their columns, and the
         largest distance of each row.
     """
-    num_all = feats.shape[0]
+    num_all, device = feats.shape[0], feats.device
     sq_norm = (feats * feats).sum(dim=1)
-    if numpy_passes is None:
-        numpy_passes = feats.device.type == "cpu"
-    top = _RunningNearest(num_all, k, numpy_passes=numpy_passes)
+    top_dist = torch.full((num_all, k), float("inf"), device=device)
+    top_index = torch.zeros((num_all, k), dtype=torch.int64, device=device)
+    row_max = torch.full((num_all,), float("-inf"), device=device)
+
+    def merge(side: torch.Tensor, row0: int, col0: int) -> None:
+        rows = slice(row0, row0 + side.shape[0])
+        torch.maximum(row_max[rows], side.amax(dim=1), out=row_max[rows])
+        dist, index = torch.topk(side, min(k, side.shape[1]), dim=1, largest=False)
+        dist = torch.cat([top_dist[rows], dist], dim=1)
+        index = torch.cat([top_index[rows], index + col0], dim=1)
+        best, order = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        top_dist[rows], top_index[rows] = best, torch.gather(index, 1, order)
+
     # One buffer for every block: fresh multi-megabyte allocations cost page faults.
-    buffer = torch.empty(block_size * block_size, dtype=torch.float32, device=feats.device)
-    starts = list(range(0, num_all, block_size))
+    buffer = torch.empty(block_size * block_size, dtype=torch.float32, device=device)
     qg_view = torch.from_numpy(qg_out)
-    pairs = [(bi, bj) for bi in range(len(starts)) for bj in range(bi, len(starts))]
-    for bi, bj in tqdm(pairs, desc="re-ranking distances", leave=False, disable=None):
-        r0, r1 = starts[bi], min(starts[bi] + block_size, num_all)
-        c0, c1 = starts[bj], min(starts[bj] + block_size, num_all)
+    starts = range(0, num_all, block_size)
+    pairs = [(r0, c0) for r0 in starts for c0 in starts if c0 >= r0]
+    for r0, c0 in tqdm(pairs, desc="re-ranking distances", leave=False, disable=None):
+        r1, c1 = min(r0 + block_size, num_all), min(c0 + block_size, num_all)
         block = buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-        torch.add(sq_norm[r0:r1, None], sq_norm[None, c0:c1], out=block)
-        block.addmm_(feats[r0:r1], feats[c0:c1].T, alpha=-2)
-        # The mirrored block (rows c0:c1, columns r0:r1) is this one transposed.
-        top.merge(block, r0, c0, mirrored=bj != bi)
-        # Query rows x gallery columns are all above the diagonal, so only the direct
-        # side of a block can hold them.
+        squared_euclidean(feats[r0:r1], feats[c0:c1], sq_norm[r0:r1], sq_norm[c0:c1], block)
+        merge(block, r0, c0)
+        if c0 != r0:  # the mirrored block (rows c0:c1, columns r0:r1) is this one transposed
+            merge(block.T, c0, r0)
+        # Query rows x gallery columns all lie above the diagonal: on the direct side.
         q_end, g_start = min(r1, num_query), max(c0, num_query)
         if r0 < q_end and g_start < c1:
             qg_view[r0:q_end, g_start - num_query : c1 - num_query].copy_(
                 block[: q_end - r0, g_start - c0 :]
             )
-    return top.dist, top.index, top.row_max
-
-
-class _RunningNearest:
-    """The k nearest columns and the largest distance of every row, merged block by block.
-
-    A row's current k-th distance bounds its final one from above, so once a row has
-    seen one block only the entries of later blocks below that bound can enter. One
-    comparison pass finds them (a few dozen a row); the bookkeeping on those few is
-    done with numpy. On the CPU the passes over a block are numpy too: single-threaded
-    but free of the per-op thread synchronisation that dominates small torch ops when
-    the cores are shared, and ``np.flatnonzero`` is ten times faster than
-    ``torch.nonzero``.
-    """
-
-    def __init__(self, num_rows: int, k: int, *, numpy_passes: bool) -> None:
-        self.k = k
-        self.numpy_passes = numpy_passes
-        self.dist = np.full((num_rows, k), np.inf, dtype=np.float32)  # increasing per row
-        self.index = np.zeros((num_rows, k), dtype=np.int64)
-        self.row_max = np.full(num_rows, -np.inf, dtype=np.float32)
-        self.seen = np.zeros(num_rows, dtype=bool)
-
-    def merge(self, block: torch.Tensor, row0: int, col0: int, *, mirrored: bool) -> None:
-        """Merges a (R, C) block of distances: rows row0:row0+R, columns col0:col0+C.
-
-        With ``mirrored``, also the transposed block (rows col0:col0+C, columns
-        row0:row0+R). Blocks are aligned, so a row's first block is seen whole.
-        """
-        num_rows, num_cols = block.shape
-        rows, cols = slice(row0, row0 + num_rows), slice(col0, col0 + num_cols)
-        row_bound = self._bound(block, rows, col0)
-        col_bound = self._bound(block.T, cols, row0) if mirrored else None
-        if self.numpy_passes:
-            values = block.cpu().numpy()
-            row_max = values.max(axis=1)
-            col_max = values.max(axis=0) if mirrored else None
-            hit = _below_bounds(values, row_bound, col_bound, np.less, np.flatnonzero)
-            hit_dist = values.ravel()[hit] if hit is not None else None
-        else:
-            row_max = block.amax(dim=1).cpu().numpy()
-            col_max = block.amax(dim=0).cpu().numpy() if mirrored else None
-            hit = _below_bounds(
-                block,
-                None if row_bound is None else torch.from_numpy(row_bound).to(block.device),
-                None if col_bound is None else torch.from_numpy(col_bound).to(block.device),
-                torch.lt,
-                lambda mask: torch.nonzero(mask.view(-1)).squeeze(1),
-            )
-            hit_dist = block.view(-1)[hit].cpu().numpy() if hit is not None else None
-            hit = hit.cpu().numpy() if hit is not None else None
-        np.maximum(self.row_max[rows], row_max, out=self.row_max[rows])
-        if col_max is not None:
-            np.maximum(self.row_max[cols], col_max, out=self.row_max[cols])
-        if hit is None:
-            return
-        hit_row, hit_col = np.divmod(hit, num_cols)
-        if row_bound is not None:
-            self._insert(row0 + hit_row, col0 + hit_col, hit_dist)
-        if col_bound is not None:
-            self._insert(col0 + hit_col, row0 + hit_row, hit_dist)
-
-    def _bound(self, side: torch.Tensor, rows: slice, col0: int) -> np.ndarray | None:
-        """The k-th distance of ``rows``, or None after seeding them from this (R, C) side."""
-        if self.seen[rows.start]:
-            return self.dist[rows, -1].copy()
-        dist, index = torch.topk(side, self.k, dim=1, largest=False, sorted=True)
-        self.dist[rows] = dist.cpu().numpy()
-        self.index[rows] = index.cpu().numpy() + col0
-        self.seen[rows] = True
-        return None
-
-    def _insert(self, rows: np.ndarray, cols: np.ndarray, dist: np.ndarray) -> None:
-        """Offers (row, column, distance) candidates (P,) to the rows' k nearest."""
-        keep = dist < self.dist[rows, -1]
-        if not keep.any():
-            return
-        order = np.argsort(rows[keep], kind="stable")
-        rows, cols, dist = rows[keep][order], cols[keep][order], dist[keep][order]
-        first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        counts = np.diff(np.r_[first, len(rows)])
-        owners = rows[first]
-        k = self.k
-        cand_dist = np.full((len(owners), k + counts.max()), np.inf, dtype=np.float32)
-        cand_index = np.zeros(cand_dist.shape, dtype=np.int64)
-        cand_dist[:, :k] = self.dist[owners]
-        cand_index[:, :k] = self.index[owners]
-        local = np.repeat(np.arange(len(owners)), counts)
-        slot = k + np.arange(len(rows)) - np.repeat(first, counts)
-        cand_dist[local, slot] = dist
-        cand_index[local, slot] = cols
-        best = np.argpartition(cand_dist, k - 1, axis=1)[:, :k]
-        best_dist = np.take_along_axis(cand_dist, best, axis=1)
-        order = np.argsort(best_dist, axis=1, kind="stable")
-        self.dist[owners] = np.take_along_axis(best_dist, order, axis=1)
-        self.index[owners] = np.take_along_axis(
-            np.take_along_axis(cand_index, best, axis=1), order, axis=1
-        )
-
-
-def _below_bounds(
-    values: ArrayOrTensor,
-    row_bound: ArrayOrTensor | None,
-    col_bound: ArrayOrTensor | None,
-    less: Callable[[ArrayOrTensor, ArrayOrTensor], ArrayOrTensor],
-    flat_nonzero: Callable[[ArrayOrTensor], ArrayOrTensor],
-) -> ArrayOrTensor | None:
-    """Flat indices of the entries of a (R, C) block below their row's or column's bound.
-
-    Works on numpy arrays or tensors alike (``less`` and ``flat_nonzero`` are the
-    library's functions); a bound of None is not tested. Returns None if neither is.
-    """
-    if row_bound is None and col_bound is None:
-        return None
-    mask = None
-    if row_bound is not None:
-        mask = less(values, row_bound[:, None])
-    if col_bound is not None:
-        col_mask = less(values, col_bound[None, :])
-        mask = col_mask if mask is None else mask | col_mask
-    return flat_nonzero(mask)
-
-
-# ---------------------------------------------------------------------------
-# Stage 2: k-reciprocal neighbourhoods and their encoding
+    return top_dist.cpu().numpy(), top_index.cpu().numpy(), row_max.cpu().numpy()
 
 
 def _reciprocal_mask(neighbours: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
@@ -485,22 +283,11 @@ def _expanded_neighbourhoods(neighbours: np.ndarray, k1: int) -> tuple[np.ndarra
 
 @torch.no_grad()
 def _pair_distances(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    top_index: np.ndarray,
-    top_dist: np.ndarray,
+    rows: np.ndarray, cols: np.ndarray, top_index: np.ndarray, top_dist: np.ndarray,
     feats: torch.Tensor,
-) -> np.ndarray:
-    """Squared distances ``d[rows, cols]``, from the neighbour table where it has them.
-
-    Args:
-        rows, cols: (P,) int64 pairs.
-        top_index, top_dist: (N, K) nearest-neighbour table and its distances.
-        feats: (N, D) float32 features, for pairs outside the table.
-
-    Returns:
-        (P,) float32.
-    """
+) -> np.ndarray:  # fmt: skip
+    """(P,) float32 squared distances ``d[rows, cols]``: from the (N, K) neighbour table
+    ``top_index`` / ``top_dist`` where it has them, else from the (N, D) ``feats``."""
     dist = np.empty(rows.shape, dtype=np.float32)
     missing = []
     for s in range(0, len(rows), 1 << 20):
@@ -520,31 +307,10 @@ def _pair_distances(
     return dist
 
 
-def _local_query_expansion(encoding: sp.csr_matrix, nearest: np.ndarray) -> sp.csr_matrix:
-    """Each row of ``encoding`` (N, N) replaced by the mean of the rows of ``nearest`` (N, k2)."""
-    num_all, k2 = nearest.shape
-    averaging = sp.csr_matrix(
-        (
-            np.full(nearest.size, 1.0 / k2, dtype=np.float32),
-            nearest.ravel(),
-            np.arange(0, nearest.size + 1, k2),
-        ),
-        shape=(num_all, num_all),
-    )
-    return (averaging @ encoding).tocsr()
-
-
-# ---------------------------------------------------------------------------
-# Stage 3: Jaccard distance over the inverted index, and the final mix
-
-
 def _combine_with_jaccard(
-    out: np.ndarray,
-    query_rows: sp.csr_matrix,
-    gallery_cols: sp.csc_matrix,
-    query_max: np.ndarray,
-    lambda_value: float,
-) -> None:
+    out: np.ndarray, query_rows: sp.csr_matrix, gallery_cols: sp.csc_matrix,
+    query_max: np.ndarray, lambda_value: float,
+) -> None:  # fmt: skip
     """Turns ``out`` (Q, G) from raw distances into the re-ranked distances, in place.
 
     Args:
@@ -576,13 +342,9 @@ def _combine_with_jaccard(
 
 
 def _shared_mass(
-    query_rows: sp.csr_matrix,
-    gallery_cols: sp.csc_matrix,
-    col_count: np.ndarray,
-    q0: int,
-    q1: int,
-    num_gallery: int,
-) -> np.ndarray:
+    query_rows: sp.csr_matrix, gallery_cols: sp.csc_matrix, col_count: np.ndarray,
+    q0: int, q1: int, num_gallery: int,
+) -> np.ndarray:  # fmt: skip
     """``s[q, g] = sum_c min(V[q, c], V[g, c])`` for queries q0:q1, as (q1 - q0, G) float32."""
     e0, e1 = query_rows.indptr[q0], query_rows.indptr[q1]
     cols = query_rows.indices[e0:e1]
@@ -600,28 +362,12 @@ def _shared_mass(
     return shared.reshape(q1 - q0, num_gallery).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------
-# alpha-QE helper and input handling
-
-
 @torch.no_grad()
 def _weighted_neighbour_sum(
-    feats: torch.Tensor,
-    bank: torch.Tensor,
-    k: int,
-    alpha: float,
-    *,
-    add_self: bool,
+    feats: torch.Tensor, bank: torch.Tensor, k: int, alpha: float, *, add_self: bool
 ) -> torch.Tensor:
-    """``normalise([feats +] sum_n max(s_n, 0)^alpha bank_n)`` over the k most similar of bank.
-
-    Args:
-        feats: (M, D) L2-normalised.
-        bank: (B, D) L2-normalised.
-
-    Returns:
-        (M, D) L2-normalised float32.
-    """
+    """``normalise([feats +] sum_n max(s_n, 0)^alpha bank_n)`` over the k most similar of
+    ``bank``, for L2-normalised (M, D) ``feats`` and (B, D) ``bank``: (M, D) float32."""
     k = min(k, bank.shape[0])
     # Bounds both the similarity block and the gathered neighbour features.
     block_size = max(1, _AQE_CELLS // max(bank.shape[0], k * bank.shape[1]))
@@ -635,35 +381,3 @@ def _weighted_neighbour_sum(
             summed += chunk
         out[s : s + block_size] = F.normalize(summed, dim=1)
     return out
-
-
-def _query_and_gallery(
-    query_feats: np.ndarray | torch.Tensor,
-    gallery_feats: np.ndarray | torch.Tensor,
-    device: str | torch.device | None,
-) -> tuple[torch.Tensor, torch.Tensor, str | torch.device]:
-    """Checked (Q, D) and (G, D) tensors, and the device to compute on (default: the
-    query tensor's, else the CPU)."""
-    query = _as_tensor(query_feats, "query_feats")
-    gallery = _as_tensor(gallery_feats, "gallery_feats")
-    if query.shape[1] != gallery.shape[1]:
-        raise InputError(
-            f"feature sizes differ: query {tuple(query.shape)}, gallery {tuple(gallery.shape)}"
-        )
-    if device is None:
-        device = query_feats.device if isinstance(query_feats, torch.Tensor) else "cpu"
-    return query, gallery, device
-
-
-def _as_tensor(feats: FeatureArray, name: str) -> torch.Tensor:
-    """A detached (N, D) tensor view or copy of ``feats`` (dtype unchanged)."""
-    tensor = (
-        feats.detach() if isinstance(feats, torch.Tensor) else torch.from_numpy(np.asarray(feats))
-    )
-    if tensor.dim() != 2:
-        raise InputError(f"{name} must be (N, D), got shape {tuple(tensor.shape)}")
-    return tensor
-
-
-def _since(start: float) -> float:
-    return time.perf_counter() - start

@@ -14,8 +14,8 @@ from reid.config import load_cfg
 from reid.data import build_dataset, build_test_loader
 from reid.engine.checkpoint import build_trained_model
 from reid.errors import ReidError
-from reid.evaluation import build_eval_options, extract_features, rank_gallery
-from reid.evaluation.evaluator import gallery_distances, summarize
+from reid.evaluation import Ranking, build_eval_options, extract_features
+from reid.evaluation.evaluator import summarize
 from reid.evaluation.report import format_results, write_metrics
 from reid.utils.cli import run_cli
 from reid.utils.env import resolve_device
@@ -49,10 +49,9 @@ def main() -> None:
     test_loader, num_query = build_test_loader(cfg, dataset)
 
     options = build_eval_options(cfg)
-    feats, pids, camids = extract_features(model.to(device), test_loader, device, options["flip"])
-    cmc, mean_ap, mean_inp = rank_gallery(
-        feats, pids, camids, num_query, options["metric"], options["rerank"]
-    )
+    feats, pids, camids = extract_features(model.to(device), test_loader, device, options.flip)
+    ranking = Ranking(feats, pids, camids, num_query, options, device)
+    cmc, mean_ap, mean_inp = ranking.metrics()
     metrics = summarize(cmc, mean_ap, mean_inp)
     write_metrics(
         out / "metrics.json",
@@ -65,7 +64,7 @@ def main() -> None:
     if cfg.TEST.VISUALIZE_QUERIES:
         rows = np.linspace(0, num_query - 1, min(cfg.TEST.VISUALIZE_QUERIES, num_query))
         rows = sorted(set(rows.round().astype(int).tolist()))  # spread over identities
-        distmat = gallery_distances(feats, num_query, options["metric"], options["rerank"], rows)
+        distmat = ranking.distances(rows)  # re-ranked: the matrix the metrics used
         queries = [dataset.query[i] for i in rows]
         ranked = draw_ranked_lists(
             distmat, queries, dataset.gallery, visual / "ranked", max_queries=None

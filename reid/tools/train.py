@@ -69,7 +69,7 @@ def main() -> None:
             max_epochs=cfg.SOLVER.MAX_EPOCHS,
             output_dir=out,
             evaluate=lambda: evaluate_model(
-                model, test_loader, num_query, device, **build_eval_options(cfg)
+                model, test_loader, num_query, device, build_eval_options(cfg)
             ),
             eval_period=cfg.TEST.EVAL_PERIOD,
             loss_optimizer=build_loss_optimizer(loss_fn),

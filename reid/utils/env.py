@@ -34,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise ReidError(
-                f"device {name!r} asked for but no CUDA device is available; use auto or cpu"
+                f"device {name!r} asked for but CUDA is not available here; use auto or cpu"
             )
         if device.index is not None and device.index >= count:
             raise ReidError(

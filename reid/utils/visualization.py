@@ -25,13 +25,12 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from reid.data.datasets import Record
 from reid.data.image_dataset import read_image
 from reid.errors import InputError
+from reid.protocol import DISTRACTOR_PID, JUNK_PID, ignored
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 logger = logging.getLogger(__name__)
-
-JUNK_PID = -1
 
 # Ranked-list layout, in pixels. A tile is an image inside its border, with two short
 # label lines under it.
@@ -178,16 +177,17 @@ def _rank_entries(
         ``rank`` the 1-based protocol rank, 0 for ignored items.
     """
     entries: list[tuple[int, str, int]] = []
-    rank = ignored = 0
+    rank = num_ignored = 0
+    left_out = ignored(q_pid, q_camid, g_pids, g_camids)
     for g_index in np.argsort(distances, kind="stable"):
-        pid, camid = g_pids[g_index], g_camids[g_index]
-        if pid == JUNK_PID or (pid == q_pid and camid == q_camid):
-            if ignored < topk:
+        if left_out[g_index]:
+            if num_ignored < topk:
                 entries.append((int(g_index), "ignored", 0))
-            ignored += 1
+            num_ignored += 1
             continue
         rank += 1
-        entries.append((int(g_index), "correct" if pid == q_pid else "wrong", rank))
+        status = "correct" if g_pids[g_index] == q_pid else "wrong"
+        entries.append((int(g_index), status, rank))
         if rank == topk:
             break
     return entries
@@ -400,7 +400,9 @@ def embedding_rows(pids: np.ndarray, num_query: int, num_identities: int) -> np.
     Returns:
         Sorted row indices.
     """
-    candidates = np.unique(pids[:num_query][pids[:num_query] > 0])
+    query_pids = pids[:num_query]
+    real = (query_pids != JUNK_PID) & (query_pids != DISTRACTOR_PID)
+    candidates = np.unique(query_pids[real])
     picks = np.linspace(0, len(candidates) - 1, min(num_identities, len(candidates)))
     chosen = candidates[np.unique(picks.round().astype(int))]
     return np.flatnonzero(np.isin(pids, chosen))

@@ -6,11 +6,11 @@ from pathlib import Path
 from reid.data.datasets.base import DatasetError, Record, ReidDataset, find_dataset_dir
 from reid.data.datasets.registry import DATASETS
 from reid.data.layout import MARKET_SPLIT_DIRS as SPLIT_DIRS
+from reid.protocol import JUNK_PID
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 # Identity then camera: "0002_c1s1_000451_03.jpg" (Market), "0001_c2_f0046182.jpg" (Duke).
 _NAME = re.compile(r"^(-?\d+)_c(\d+)")
-JUNK_PID = -1
 
 
 def parse_market_dir(folder: Path) -> list[Record]:
