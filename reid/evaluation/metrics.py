@@ -252,8 +252,8 @@ class MarketRanker:
         removed_before = np.cumsum(is_removed, axis=1) - is_removed
         hit_index = np.cumsum(is_pos, axis=1)
 
-        kept = block if self._keep_cols is None else block.take(self._keep_cols, axis=1)
-        kept = np.sort(kept, axis=1)
+        kept = block.copy() if self._keep_cols is None else block.take(self._keep_cols, axis=1)
+        kept.sort(axis=1)  # in place: one copy of the chunk
         if np.isnan(kept[:, -1]).any():  # numpy sorts NaN last
             raise InputError("distmat contains NaN among non-junk gallery items")
         below = torch.searchsorted(torch.from_numpy(kept), torch.from_numpy(values)).numpy()

@@ -181,19 +181,11 @@ def _nearest_neighbours(
     """
     num_all, device = feats.shape[0], feats.device
     sq_norm = (feats * feats).sum(dim=1)
-    top_dist = torch.full((num_all, k), float("inf"), device=device)
-    top_index = torch.zeros((num_all, k), dtype=torch.int64, device=device)
-    row_max = torch.full((num_all,), float("-inf"), device=device)
-
-    def merge(side: torch.Tensor, row0: int, col0: int) -> None:
-        rows = slice(row0, row0 + side.shape[0])
-        torch.maximum(row_max[rows], side.amax(dim=1), out=row_max[rows])
-        dist, index = torch.topk(side, min(k, side.shape[1]), dim=1, largest=False)
-        dist = torch.cat([top_dist[rows], dist], dim=1)
-        index = torch.cat([top_index[rows], index + col0], dim=1)
-        best, order = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-        top_dist[rows], top_index[rows] = best, torch.gather(index, 1, order)
-
+    top = (
+        torch.full((num_all, k), float("inf"), device=device),
+        torch.zeros((num_all, k), dtype=torch.int64, device=device),
+        torch.full((num_all,), float("-inf"), device=device),
+    )
     # One buffer for every block: fresh multi-megabyte allocations cost page faults.
     buffer = torch.empty(block_size * block_size, dtype=torch.float32, device=device)
     qg_view = torch.from_numpy(qg_out)
@@ -203,16 +195,80 @@ def _nearest_neighbours(
         r1, c1 = min(r0 + block_size, num_all), min(c0 + block_size, num_all)
         block = buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
         squared_euclidean(feats[r0:r1], feats[c0:c1], sq_norm[r0:r1], sq_norm[c0:c1], block)
-        merge(block, r0, c0)
-        if c0 != r0:  # the mirrored block (rows c0:c1, columns r0:r1) is this one transposed
-            merge(block.T, c0, r0)
+        _merge_block(block, r0, c0, *top)
         # Query rows x gallery columns all lie above the diagonal: on the direct side.
         q_end, g_start = min(r1, num_query), max(c0, num_query)
         if r0 < q_end and g_start < c1:
             qg_view[r0:q_end, g_start - num_query : c1 - num_query].copy_(
                 block[: q_end - r0, g_start - c0 :]
             )
-    return top_dist.cpu().numpy(), top_index.cpu().numpy(), row_max.cpu().numpy()
+    return tuple(t.cpu().numpy() for t in top)
+
+
+def _merge_block(
+    block: torch.Tensor, r0: int, c0: int,
+    top_dist: torch.Tensor, top_index: torch.Tensor, row_max: torch.Tensor,
+) -> None:  # fmt: skip
+    """Merges a (R, C) block of distances (rows r0:, columns c0:) and, off the diagonal,
+    its mirror (rows c0:, columns r0:) into the running k nearest and row maxima.
+
+    A row's first block (blocks are aligned, so all its rows at once) seeds its k
+    nearest with ``topk``. After that its k-th distance bounds the final one, so one
+    comparison pass over the block finds the few entries that can still enter.
+    """
+    k = top_dist.shape[1]
+    sides = [(block, r0, c0)] + ([(block.T, c0, r0)] if c0 != r0 else [])
+    bounds = []
+    for side, row0, col0 in sides:
+        rows = slice(row0, row0 + side.shape[0])
+        torch.maximum(row_max[rows], side.amax(dim=1), out=row_max[rows])
+        if torch.isinf(top_dist[row0, -1]):
+            dist, index = torch.topk(side, k, dim=1, largest=False)
+            top_dist[rows], top_index[rows] = dist, index + col0
+            bounds.append(None)
+        else:
+            bounds.append(top_dist[rows, -1])
+    masks = [block < bounds[0][:, None]] if bounds[0] is not None else []
+    if len(bounds) > 1 and bounds[1] is not None:
+        masks.append(block < bounds[1][None, :])  # the mirror's rows are the columns
+    if not masks:
+        return
+    mask = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+    if mask.is_cuda:
+        hit = mask.view(-1).nonzero().squeeze(1)
+    else:  # numpy's is several times faster than torch.nonzero on the CPU
+        hit = torch.from_numpy(np.flatnonzero(mask.numpy()))
+    i, j = hit // block.shape[1], hit % block.shape[1]
+    dist = block.view(-1)[hit]
+    for bound, rows, cols, row0, col0 in zip(
+        bounds, (i, j), (j, i), (r0, c0), (c0, r0), strict=False
+    ):
+        if bound is not None:
+            keep = dist < bound[rows]
+            _insert(top_dist, top_index, rows[keep] + row0, cols[keep] + col0, dist[keep])
+
+
+def _insert(
+    top_dist: torch.Tensor, top_index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+    dist: torch.Tensor,
+) -> None:  # fmt: skip
+    """Offers candidate (row, column, distance) triples to the rows' k nearest."""
+    if len(rows) == 0:
+        return
+    k = top_dist.shape[1]
+    order = torch.argsort(rows, stable=True)
+    rows, cols, dist = rows[order], cols[order], dist[order]
+    owners, counts = torch.unique_consecutive(rows, return_counts=True)
+    group = torch.repeat_interleave(torch.arange(len(owners), device=rows.device), counts)
+    slot = (
+        k + torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[group]
+    )
+    cand_dist = torch.full((len(owners), k + int(counts.max())), float("inf"), device=rows.device)
+    cand_index = torch.zeros(cand_dist.shape, dtype=torch.int64, device=rows.device)
+    cand_dist[:, :k], cand_index[:, :k] = top_dist[owners], top_index[owners]
+    cand_dist[group, slot], cand_index[group, slot] = dist, cols
+    best, pick = torch.topk(cand_dist, k, dim=1, largest=False)
+    top_dist[owners], top_index[owners] = best, cand_index.gather(1, pick)
 
 
 def _reciprocal_mask(neighbours: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
