@@ -216,36 +216,29 @@ def _merge_block(
     nearest with ``topk``. After that its k-th distance bounds the final one, so one
     comparison pass over the block finds the few entries that can still enter.
     """
-    k = top_dist.shape[1]
-    sides = [(block, r0, c0)] + ([(block.T, c0, r0)] if c0 != r0 else [])
-    bounds = []
-    for side, row0, col0 in sides:
+    k, mirrored = top_dist.shape[1], c0 != r0
+    bounds = []  # per side: the k-th distance of its rows so far; -inf where just seeded
+    for side, row0, col0 in [(block, r0, c0), (block.T, c0, r0)][: 1 + mirrored]:
         rows = slice(row0, row0 + side.shape[0])
         torch.maximum(row_max[rows], side.amax(dim=1), out=row_max[rows])
-        if torch.isinf(top_dist[row0, -1]):
+        bounds.append(top_dist[rows, -1].clone())
+        if torch.isinf(bounds[-1][0]):
             dist, index = torch.topk(side, k, dim=1, largest=False)
             top_dist[rows], top_index[rows] = dist, index + col0
-            bounds.append(None)
-        else:
-            bounds.append(top_dist[rows, -1])
-    masks = [block < bounds[0][:, None]] if bounds[0] is not None else []
-    if len(bounds) > 1 and bounds[1] is not None:
-        masks.append(block < bounds[1][None, :])  # the mirror's rows are the columns
-    if not masks:
-        return
-    mask = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+            bounds[-1].fill_(float("-inf"))
+    mask = block < bounds[0][:, None]
+    if mirrored:
+        mask |= block < bounds[1][None, :]  # the mirror's rows are the block's columns
     if mask.is_cuda:
         hit = mask.view(-1).nonzero().squeeze(1)
     else:  # numpy's is several times faster than torch.nonzero on the CPU
         hit = torch.from_numpy(np.flatnonzero(mask.numpy()))
-    i, j = hit // block.shape[1], hit % block.shape[1]
-    dist = block.view(-1)[hit]
+    i, j, dist = hit // block.shape[1], hit % block.shape[1], block.view(-1)[hit]
     for bound, rows, cols, row0, col0 in zip(
         bounds, (i, j), (j, i), (r0, c0), (c0, r0), strict=False
     ):
-        if bound is not None:
-            keep = dist < bound[rows]
-            _insert(top_dist, top_index, rows[keep] + row0, cols[keep] + col0, dist[keep])
+        keep = dist < bound[rows]
+        _insert(top_dist, top_index, rows[keep] + row0, cols[keep] + col0, dist[keep])
 
 
 def _insert(
