@@ -264,15 +264,11 @@ def test_bad_inputs_raise() -> None:
         evaluate_features(query, gallery[:, :15], *labels)
     with pytest.raises(ValueError, match="query_feats has 16 dims but gallery_feats has 15"):
         pairwise_distance(query, gallery[:, :15])
-    for index, name, feats_name, rows in (
-        (0, "q_pids", "query_feats", 40),
-        (1, "g_pids", "gallery_feats", 300),
-        (2, "q_camids", "query_feats", 40),
-        (3, "g_camids", "gallery_feats", 300),
-    ):
+    for index, name, rows in ((0, "q_pids", 40), (1, "g_pids", 300), (2, "q_camids", 40),
+                              (3, "g_camids", 300)):  # fmt: skip
         short = list(labels)
         short[index] = short[index][:-1]
-        message = f"{name} has length {rows - 1} but {feats_name} has {rows} rows"
+        message = rf"{name} has shape \({rows - 1},\) but the features have 40 \+ 300 rows"
         with pytest.raises(ValueError, match=message):
             evaluate_features(query, gallery, *short)
     with pytest.raises(ValueError, match="unknown metric 'cos'; valid: cosine, euclidean"):

@@ -68,16 +68,8 @@ def build_eval_options(cfg: CfgNode) -> EvalOptions:
 
 @torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    """Test features of a batch in eval mode.
-
-    Args:
-        images: (B, 3, H, W) on the model's device.
-        flip: average with the features of the horizontally mirrored images; the
-            average is re-normalised when the model normalises its features.
-
-    Returns:
-        (B, D) float32 features.
-    """
+    """(B, D) float32 test features of (B, 3, H, W) images on the model's device; with
+    ``flip``, averaged with the mirrored images' (re-normalised if the model normalises)."""
     feats = model(images).float()
     if flip:
         feats = (feats + model(images.flip(3)).float()) / 2
@@ -111,18 +103,12 @@ def extract_features(
 
 
 class Ranking:
-    """Query features ranked against gallery features under :class:`EvalOptions`.
+    """(N, D) features, the first ``num_query`` the queries, ranked under ``options``,
+    with distances on ``device`` (the model's; by default the CPU).
 
     With alpha-QE the features are expanded first. With re-ranking the (Q, G)
     re-ranked matrix is computed once, on first use, and serves both the metrics and
     any rows asked for; without it the metrics come from memory-bounded blocks.
-
-    Args:
-        feats: (N, D), queries first.
-        pids, camids: (N,) labels.
-        num_query: how many of the first rows are queries.
-        options: the test-time options.
-        device: where distances are computed (the model's device); CPU by default.
     """
 
     def __init__(
@@ -189,18 +175,9 @@ def evaluate_model(
     device: torch.device,
     options: EvalOptions = EvalOptions(),
 ) -> dict[str, float]:
-    """Extracts query + gallery features and evaluates the ranking.
-
-    Distances are computed on ``device`` (the model's: the GPU when it is there).
-    Under torchrun the ranking runs once, on rank 0, and every rank gets its metrics.
-
-    Args:
-        loader: query images first, then gallery images (``build_test_loader``).
-        num_query: how many of the first items are queries.
-
-    Returns:
-        ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions in [0, 1].
-    """
+    """:func:`summarize`'s metrics of a loader's images (``build_test_loader``: the
+    ``num_query`` queries first), distances on ``device`` (the model's). Under torchrun
+    the ranking runs once, on rank 0, and every rank gets its metrics."""
     feats, pids, camids = extract_features(model, loader, device, options.flip)
     ranking = Ranking(feats, pids, camids, num_query, options, device)
     return distributed.on_main(lambda: summarize(*ranking.metrics()))

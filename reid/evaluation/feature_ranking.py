@@ -1,19 +1,15 @@
 """Distances from features, and ranking evaluation that never holds the whole matrix.
 
 :func:`evaluate_features` computes the distances of one block of queries at a time (one
-GEMM, on the GPU when the features or ``device`` say so), ranks each block with
-:class:`~reid.evaluation.metrics.MarketRanker` and drops it: at MSMT17 size (11,659 x
-82,161, 2048-d) a few hundred MB instead of the 3.8 GB of the full float32 matrix.
+GEMM, on the GPU when the features or ``device`` say so), ranks it with
+:class:`~reid.evaluation.metrics.MarketRanker` and drops it: at MSMT17 size a few
+hundred MB instead of the 3.8 GB full matrix.
 
-Why the block grid is fixed: ranks are only reproducible if every distance is bitwise
-the same however the work is split, and BLAS does not promise that a row of ``A @ B``
-comes out the same for different numbers of rows in ``A`` (MKL: over 90% of a 1-row
-product's entries differ in the last bits from the same row of a 300-row product;
-cuBLAS picks kernels by shape). So distances always come from one grid of query blocks,
-its size fixed by the gallery, each copied into a fresh buffer and put through the same
-operations (:func:`distance_blocks`). ``evaluate_features(q, g, ...)`` therefore equals
-``evaluate_rank(pairwise_distance(q, g), ...)`` exactly, ties included, on a given
-device; CPU and CUDA agree to float rounding, not bitwise.
+The block grid is fixed by the gallery, and every block is copied into a fresh buffer
+and put through the same operations, because BLAS (MKL, cuBLAS) may round a row of
+``A @ B`` differently for different numbers of rows in ``A``. So
+``evaluate_features(q, g, ...)`` equals ``evaluate_rank(pairwise_distance(q, g), ...)``
+exactly, ties included, on a given device; CPU and CUDA agree to float rounding.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ import numpy as np
 import torch
 
 from reid.errors import InputError, ReidError
-from reid.evaluation.metrics import MarketRanker, as_labels, as_tensor, check_options
+from reid.evaluation.metrics import MarketRanker, as_label_set, as_tensor, check_options
 from reid.utils.env import resolve_device
 
 METRICS = ("cosine", "euclidean")
@@ -40,11 +36,8 @@ _SCAN_ROWS = 8192
 
 
 def compute_device(device: str | torch.device | None, *tensors: torch.Tensor) -> torch.device:
-    """The device asked for, else the CUDA device of an input, else the CPU.
-
-    Raises:
-        InputError (a ValueError): an unknown device or CUDA without a GPU.
-    """
+    """The device asked for (InputError if unknown or absent), else the CUDA device of an
+    input, else the CPU."""
     if device is None:
         return next((t.device for t in tensors if t.device.type == "cuda"), torch.device("cpu"))
     try:
@@ -56,12 +49,9 @@ def compute_device(device: str | torch.device | None, *tensors: torch.Tensor) ->
 def squared_euclidean(
     x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor, y_sq: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
-    """``|x_i|^2 + |y_j|^2 - 2 x_i . y_j`` into ``out`` (N, M), one GEMM (evaluation and
-    re-ranking share it; the losses keep their own, clamped for the gradient).
-
-    Args:
-        x, y: (N, D), (M, D); ``x_sq``, ``y_sq`` their squared row norms.
-    """
+    """``|x_i|^2 + |y_j|^2 - 2 x_i . y_j`` of (N, D) ``x`` and (M, D) ``y`` (squared row
+    norms ``x_sq``, ``y_sq``) into (N, M) ``out``, one GEMM. Evaluation and re-ranking
+    share it; the losses keep their own, clamped for the gradient."""
     torch.add(x_sq[:, None], y_sq[None, :], out=out)
     return out.addmm_(x, y.T, alpha=-2)
 
@@ -151,16 +141,9 @@ def evaluate_features(
         ``(cmc (max_rank,) float64, mAP, mINP)``.
     """
     query, gallery = as_features(query_feats, gallery_feats, metric)
-    labels = [
-        as_labels(n, v) for n, v in zip(_LABELS, (q_pids, g_pids, q_camids, g_camids), strict=True)
-    ]
-    for name, array, feats_name, feats in zip(
-        _LABELS, labels, _FEATS * 2, (query, gallery) * 2, strict=True
-    ):
-        if array.shape[0] != feats.shape[0]:
-            raise InputError(
-                f"{name} has length {array.shape[0]} but {feats_name} has {feats.shape[0]} rows"
-            )
+    sizes = (len(query), len(gallery))
+    source = f"the features have {sizes[0]} + {sizes[1]} rows"
+    labels = as_label_set((q_pids, g_pids, q_camids, g_camids), sizes, source)
     for name, feats in zip(_FEATS, (query, gallery), strict=True):
         for start in range(0, feats.shape[0], _SCAN_ROWS):
             if not bool(torch.isfinite(feats[start : start + _SCAN_ROWS]).all()):
@@ -199,7 +182,6 @@ def nearest_gallery(
     return torch.cat(distances), torch.cat(indices)
 
 
-_LABELS = ("q_pids", "g_pids", "q_camids", "g_camids")
 _FEATS = ("query_feats", "gallery_feats")
 
 

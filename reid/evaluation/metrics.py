@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,12 +36,8 @@ _CHUNK_BYTES = 8 * 2**20
 
 
 def as_tensor(name: str, value: Any, ndim: int) -> torch.Tensor:
-    """Features, distances or labels as a real torch tensor, sharing memory where it can.
-
-    Raises:
-        InputError (a ValueError): not a numpy array or tensor, not ``ndim``-D,
-            complex or boolean, or empty.
-    """
+    """Features, distances or labels as a real ``ndim``-D torch tensor, sharing memory
+    where it can; anything else (lists, complex, boolean, empty) raises InputError."""
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
             raise InputError(f"{name} must hold real numbers, got dtype {value.dtype}")
@@ -65,6 +62,24 @@ def as_labels(name: str, value: Any) -> np.ndarray:
     """pids or camids as a 1-D numpy array (lists accepted)."""
     array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     return as_tensor(name, array, 1).numpy()
+
+
+LABELS = ("q_pids", "g_pids", "q_camids", "g_camids")
+
+
+def as_label_set(
+    labels: Sequence[Any], sizes: Sequence[int] | None = None, source: str = ""
+) -> list[np.ndarray]:
+    """``(q_pids, g_pids, q_camids, g_camids)`` as 1-D arrays, each side as long as
+    ``sizes`` (num_query, num_gallery) of ``source``, by default as its pids."""
+    arrays = [as_labels(name, value) for name, value in zip(LABELS, labels, strict=True)]
+    if sizes is None:
+        sizes = (arrays[0].size, arrays[1].size)
+        source = f"q_pids and g_pids have {sizes[0]} and {sizes[1]} items"
+    for name, array, size in zip(LABELS, arrays, (*sizes, *sizes), strict=True):
+        if array.size != size:
+            raise InputError(f"{name} has shape {array.shape} but {source}: expected ({size},)")
+    return arrays
 
 
 def evaluate_rank(
@@ -110,31 +125,17 @@ def evaluate_rank(
     """
     check_options(max_rank, ap)
     distmat = as_tensor("distmat", distmat, 2)
-    labels = [
-        as_labels(n, v) for n, v in zip(_LABELS, (q_pids, g_pids, q_camids, g_camids), strict=True)
-    ]
-    for name, array, size in zip(_LABELS, labels, [*distmat.shape] * 2, strict=False):
-        if array.shape[0] != size:
-            raise InputError(
-                f"{name} has shape {tuple(array.shape)} but distmat has shape "
-                f"{tuple(distmat.shape)}: expected ({size},)"
-            )
-    ranker = MarketRanker(*labels)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    shape = tuple(distmat.shape)
+    ranker = MarketRanker(*as_label_set(labels, shape, f"distmat has shape {shape}"))
     ranker.add_rows(0, distmat, chunk_size=chunk_size, num_workers=num_workers)
     return ranker.result(max_rank, ap)
 
 
-_LABELS = ("q_pids", "g_pids", "q_camids", "g_camids")
-
-
 class MarketRanker:
-    """Exact Market-1501 statistics, fed one block of query rows at a time.
-
-    :func:`evaluate_rank`'s own step, for callers that never hold the whole matrix
-    (:func:`~reid.evaluation.feature_ranking.evaluate_features`): pass every query's
-    row exactly once to :meth:`add_rows` (in any order), then call :meth:`result`;
-    the outcome is bitwise :func:`evaluate_rank`'s on the stacked rows.
-    """
+    """Exact Market-1501 statistics, fed one block of query rows at a time: pass every
+    query's row once to :meth:`add_rows` (in any order), then call :meth:`result`; the
+    outcome is bitwise :func:`evaluate_rank`'s on the stacked rows."""
 
     def __init__(
         self,
@@ -143,18 +144,7 @@ class MarketRanker:
         q_camids: np.ndarray | torch.Tensor,
         g_camids: np.ndarray | torch.Tensor,
     ) -> None:
-        q_pids, g_pids, q_cams, g_cams = (
-            as_labels(n, v)
-            for n, v in zip(_LABELS, (q_pids, g_pids, q_camids, g_camids), strict=True)
-        )
-        for pids_name, pids, cams_name, cams in (
-            ("q_pids", q_pids, "q_camids", q_cams),
-            ("g_pids", g_pids, "g_camids", g_cams),
-        ):
-            if pids.shape != cams.shape:
-                raise InputError(
-                    f"{pids_name} has shape {pids.shape} but {cams_name} has shape {cams.shape}"
-                )
+        q_pids, g_pids, q_cams, g_cams = as_label_set((q_pids, g_pids, q_camids, g_camids))
         self.num_query, self.num_gallery = q_pids.size, g_pids.size
         self._q_cams, self._g_cams = q_cams, g_cams
         self._g_nonjunk = g_pids != JUNK_PID
@@ -315,18 +305,11 @@ def check_gallery_matches(
     q_camids: np.ndarray | torch.Tensor,
     g_camids: np.ndarray | torch.Tensor,
 ) -> None:
-    """Checks from the labels alone that evaluation will find a correct match.
-
-    A query has one when the gallery holds an item of its pid that the protocol keeps
-    (:func:`reid.protocol.ignored`). Cheap, so training checks it before its first epoch.
-
-    Raises:
-        InputError (a ValueError): no query has a correct match.
-    """
-    q_pids, g_pids, q_camids, g_camids = (
-        as_labels(n, v).tolist()
-        for n, v in zip(_LABELS, (q_pids, g_pids, q_camids, g_camids), strict=True)
-    )
+    """Raises InputError unless some query has a gallery item of its pid that the
+    protocol keeps (:func:`reid.protocol.ignored`): a cheap check from the labels alone,
+    which training runs before its first epoch."""
+    labels = as_label_set((q_pids, g_pids, q_camids, g_camids))
+    q_pids, g_pids, q_camids, g_camids = (array.tolist() for array in labels)
     items = [(pid, cam) for pid, cam in zip(g_pids, g_camids, strict=True) if pid != JUNK_PID]
     per_pid, per_pid_and_camera = Counter(pid for pid, _ in items), Counter(items)
     if not any(
@@ -352,8 +335,7 @@ def check_options(max_rank: int, ap: str) -> None:
 
 
 def _host_floats(block: torch.Tensor) -> np.ndarray:
-    """A block of distances as a host float array: half widened to float32, integers
-    to float64, float32/64 as they are (shared, not copied, when already on the CPU)."""
+    """Distances as host floats (half to float32, integers to float64, shared if on CPU)."""
     if block.dtype in (torch.float16, torch.bfloat16):
         block = block.float()
     elif not block.is_floating_point():

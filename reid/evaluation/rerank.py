@@ -166,18 +166,12 @@ def alpha_query_expansion(
 def _nearest_neighbours(
     feats: torch.Tensor, k: int, block_size: int, qg_out: np.ndarray, num_query: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest neighbours and row maxima of the squared-distance matrix of ``feats``.
-
-    Also writes the raw query x gallery block of distances into ``qg_out`` (Q, G).
-
-    Args:
-        feats: (N, D) float32, queries first.
-        k: neighbours per row, ``k <= N``; ``block_size >= k``.
+    """The k nearest neighbours and row maxima of the squared distances of (N, D)
+    ``feats`` (queries first; ``k <= min(N, block_size)``), writing the raw query x
+    gallery distances into ``qg_out`` (Q, G) on the way.
 
     Returns:
-        ``(dist (N, k) float32, index (N, k) int64, row_max (N,) float32)``: the k
-        smallest distances of each row in increasing order, their columns, and the
-        largest distance of each row.
+        ``(dist (N, k), index (N, k), row_max (N,))`` as numpy, nearest first.
     """
     num_all, device = feats.shape[0], feats.device
     sq_norm = (feats * feats).sum(dim=1)
@@ -265,29 +259,16 @@ def _insert(
 
 
 def _reciprocal_mask(neighbours: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Which of the first ``k + 1`` neighbours of each row have the row among theirs.
-
-    Args:
-        neighbours: (N, >= k + 1) nearest-neighbour table.
-        rows: (R,) row ids.
-
-    Returns:
-        (R, k + 1) bool, aligned with ``neighbours[rows, : k + 1]``.
-    """
+    """(R, k + 1) bool: which of the first ``k + 1`` entries of ``neighbours[rows]``
+    (an (N, >= k + 1) nearest-neighbour table) have the row among their own."""
     forward = neighbours[rows, : k + 1]
     backward = neighbours[forward, : k + 1]
     return (backward == rows[:, None, None]).any(axis=2)
 
 
 def _expanded_neighbourhoods(neighbours: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
-    """The expanded k-reciprocal sets ``R*(i)`` of every sample as (row, column) pairs.
-
-    Args:
-        neighbours: (N, K) int64 nearest-neighbour table, K >= min(k1 + 1, N).
-
-    Returns:
-        ``(rows, cols)``, both (P,) int64, sorted by row then column, no duplicates.
-    """
+    """The expanded k-reciprocal sets ``R*(i)`` of every sample, from an (N, K)
+    nearest-neighbour table (K >= min(k1 + 1, N)), as sorted ``(rows, cols)`` pairs."""
     num_all = neighbours.shape[0]
     k_full = min(k1, num_all - 1)
     # np.around rounds halves to even, and so does Python's round.
