@@ -179,5 +179,7 @@ def evaluate_model(
     ``num_query`` queries first), distances on ``device`` (the model's). Under torchrun
     the ranking runs once, on rank 0, and every rank gets its metrics."""
     feats, pids, camids = extract_features(model, loader, device, options.flip)
-    ranking = Ranking(feats, pids, camids, num_query, options, device)
-    return distributed.on_main(lambda: summarize(*ranking.metrics()))
+    # Built inside on_main: query expansion runs on rank 0 only, like the ranking.
+    return distributed.on_main(
+        lambda: summarize(*Ranking(feats, pids, camids, num_query, options, device).metrics())
+    )

@@ -7,6 +7,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from reid.losses.registry import LOSSES
+from reid.losses.triplet import pair_masks
 
 
 class CircleLoss(nn.Module):
@@ -40,9 +41,7 @@ class CircleLoss(nn.Module):
         """Scalar loss of ``(B, D)`` features and ``(B,)`` identity labels."""
         normed = F.normalize(feats, dim=1)
         sim = normed @ normed.t()
-        same_id = pids.unsqueeze(0) == pids.unsqueeze(1)
-        not_self = ~torch.eye(len(pids), dtype=torch.bool, device=pids.device)
-        positive, negative = same_id & not_self, ~same_id
+        positive, negative = pair_masks(pids)
         valid = positive.any(dim=1) & negative.any(dim=1)
         if not valid.any():
             return feats.sum() * 0.0

@@ -7,6 +7,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from reid.losses.registry import LOSSES
+from reid.losses.triplet import pair_masks
 
 
 class MultiSimilarityLoss(nn.Module):
@@ -43,9 +44,7 @@ class MultiSimilarityLoss(nn.Module):
         """Scalar loss of ``(B, D)`` features and ``(B,)`` identity labels."""
         normed = F.normalize(feats, dim=1)
         sim = normed @ normed.t()
-        same_id = pids.unsqueeze(0) == pids.unsqueeze(1)
-        not_self = ~torch.eye(len(pids), dtype=torch.bool, device=pids.device)
-        positive, negative = same_id & not_self, ~same_id
+        positive, negative = pair_masks(pids)
         # Mining thresholds come from the similarities themselves, not from their gradient.
         hardest_neg = sim.detach().masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
         hardest_pos = sim.detach().masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)

@@ -32,6 +32,14 @@ def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return squared.clamp(min=_SQUARED_DIST_EPS).sqrt()
 
 
+def pair_masks(pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positive, negative)`` (B, B) bool masks of ``(B,)`` labels: other samples of
+    the row's identity, and samples of other identities."""
+    same_id = pids.unsqueeze(0) == pids.unsqueeze(1)
+    not_self = ~torch.eye(len(pids), dtype=torch.bool, device=pids.device)
+    return same_id & not_self, ~same_id
+
+
 MINING = ("hard", "semi_hard", "all")
 
 
@@ -96,10 +104,7 @@ class TripletLoss(nn.Module):
         if self.normalize_feature:
             feats = F.normalize(feats, dim=1)
         dist = pairwise_euclidean(feats, feats)
-        same_id = pids.unsqueeze(0) == pids.unsqueeze(1)
-        not_self = ~torch.eye(len(pids), dtype=torch.bool, device=pids.device)
-        positive = same_id & not_self
-        negative = ~same_id
+        positive, negative = pair_masks(pids)
         valid = positive.any(dim=1) & negative.any(dim=1)
         if not valid.any():
             self.diagnostics = {}
