@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from reid.config import load_cfg
 from reid.errors import ReidError
 from reid.losses import (
+    LOSSES,
     ArcFace,
     CenterLoss,
     CircleLoss,
@@ -18,6 +19,7 @@ from reid.losses import (
     ReidLoss,
     TripletLoss,
     build_loss,
+    float32_forward,
 )
 from reid.solver import build_loss_optimizer, build_optimizer
 
@@ -110,7 +112,12 @@ def test_triplet_gradient_finite_with_duplicate_features(margin, normalize):
 
 
 def _brute_force_mined(feats, pids, margin, mining) -> float:
-    """Triplet costs by explicit loops over anchors, positives and negatives."""
+    """Triplet costs by explicit loops over anchors, positives and negatives.
+
+    Semi-hard as FaceNet / TensorFlow's ``triplet_semihard_loss`` define it: for each
+    anchor-positive pair, the closest negative farther than the positive, and when no
+    negative is farther, the farthest negative of the anchor.
+    """
     rows = [[float(v) for v in row] for row in feats]
     labels = [int(p) for p in pids]
 
@@ -131,7 +138,7 @@ def _brute_force_mined(feats, pids, margin, mining) -> float:
         for p in pos:
             if mining == "semi_hard":
                 farther = [d(a, n) for n in neg if d(a, n) > d(a, p)]
-                gaps.append(d(a, p) - (min(farther) if farther else min(d(a, n) for n in neg)))
+                gaps.append(d(a, p) - (min(farther) if farther else max(d(a, n) for n in neg)))
             else:  # all
                 gaps.extend(d(a, p) - d(a, n) for n in neg)
     costs = [cost(gap) for gap in gaps]
@@ -150,6 +157,94 @@ def test_mining_strategies_match_brute_force(mining, margin, num_ids, num_instan
     expected = _brute_force_mined(feats, pids, margin, mining)
     loss = TripletLoss(margin=margin, mining=mining)(feats, pids)
     assert loss.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def _pairs_without_farther_negative(feats, pids) -> int:
+    """Anchor-positive pairs whose every negative is at most as far as the positive."""
+    rows, labels = feats.tolist(), pids.tolist()
+    count = 0
+    for a, anchor in enumerate(rows):
+        dists = [math.dist(anchor, other) for other in rows]
+        neg = [dists[n] for n in range(len(rows)) if labels[n] != labels[a]]
+        for p in range(len(rows)):
+            if p != a and labels[p] == labels[a] and neg and max(neg) <= dists[p]:
+                count += 1
+    return count
+
+
+# Two identities on a line, a0 = 0, a1 = 1 and b0 = 1.5, b1 = 4. The semi-hard triplets:
+#   (a0, a1): negatives at 1.5 and 4, both beyond 1: the closer, b0; gap 1 - 1.5 = -0.5
+#   (a1, a0): negatives at 0.5 and 3; only b1 is beyond 1; gap 1 - 3 = -2
+#   (b0, b1): negatives at 1.5 and 0.5, none beyond 2.5: the farthest, a0; gap 2.5 - 1.5 = 1
+#             (the closest negative, a1, would give 2.0: the old fallback)
+#   (b1, b0): negatives at 4 and 3, both beyond 2.5: the closer, a1; gap 2.5 - 3 = -0.5
+# Each gap as a function of the coordinates x = (a0, a1, b0, b1), and its derivative:
+#   a1 - b0 -> (0, 1, -1, 0); 2 a1 - a0 - b1 -> (-1, 2, 0, -1);
+#   b1 - 2 b0 + a0 -> (1, 0, -2, 1); a1 - b0 -> (0, 1, -1, 0).
+_LINE_FEATS = [[0.0], [1.0], [1.5], [4.0]]
+_LINE_GAPS = [-0.5, -2.0, 1.0, -0.5]
+_LINE_GAP_GRADS = [[0, 1, -1, 0], [-1, 2, 0, -1], [1, 0, -2, 1], [0, 1, -1, 0]]
+
+
+@pytest.mark.parametrize("margin", [0.3, None])
+def test_semi_hard_falls_back_to_the_farthest_negative_by_hand(margin):
+    feats = torch.tensor(_LINE_FEATS, dtype=torch.float64, requires_grad=True)
+    pids = torch.tensor([0, 0, 1, 1])
+    assert _pairs_without_farther_negative(feats.detach(), pids) == 1
+    term = TripletLoss(margin=margin, mining="semi_hard")
+    loss = term(feats, pids)
+    loss.backward()
+    if margin is None:
+        costs = [math.log1p(math.exp(gap)) for gap in _LINE_GAPS]
+        slopes = [1 / (1 + math.exp(-gap)) for gap in _LINE_GAPS]  # softplus' = sigmoid
+    else:
+        costs = [max(0.0, gap + margin) for gap in _LINE_GAPS]
+        slopes = [float(gap + margin > 0) for gap in _LINE_GAPS]
+    expected_grad = [
+        sum(slope * grads[i] for slope, grads in zip(slopes, _LINE_GAP_GRADS, strict=True)) / 4
+        for i in range(4)
+    ]
+    assert loss.item() == pytest.approx(sum(costs) / 4, abs=1e-12)
+    assert feats.grad.flatten().tolist() == pytest.approx(expected_grad, abs=1e-12)
+    if margin is not None:
+        assert loss.item() == pytest.approx(1.3 / 4)  # the old fallback gave 2.3 / 4
+    # Diagnostics: the batch-hard distances, and the share of the mined pairs that
+    # violate the margin (with the soft margin, d_ap > d_an): one of four either way.
+    diagnostics = {key: value.item() for key, value in term.diagnostics.items()}
+    assert diagnostics == pytest.approx(
+        {"anchors_ok": 0.5, "active": 0.25, "d_pos": (1 + 1 + 2.5 + 2.5) / 4,
+         "d_neg": (1.5 + 0.5 + 0.5 + 3) / 4}
+    )  # fmt: skip
+
+
+def _finite_difference_grad(loss_of_rows, feats, step: float = 1e-6) -> torch.Tensor:
+    """Central differences of a function of the rows, one coordinate at a time."""
+    grad = torch.zeros_like(feats)
+    for i in range(feats.shape[0]):
+        for j in range(feats.shape[1]):
+            up, down = feats.clone(), feats.clone()
+            up[i, j] += step
+            down[i, j] -= step
+            grad[i, j] = (loss_of_rows(up) - loss_of_rows(down)) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("margin", [0.3, None])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_semi_hard_gradient_matches_brute_force(margin, seed):
+    """Many pairs without a farther negative (wide identities): the autograd gradient
+    equals the numerical gradient of the brute-force loop."""
+    gen = torch.Generator().manual_seed(seed)
+    pids = torch.arange(3).repeat_interleave(4)
+    feats = 0.2 * torch.randn(3, 3, generator=gen, dtype=torch.float64)[pids]
+    feats = feats + torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    assert _pairs_without_farther_negative(feats, pids) >= 3
+    feats.requires_grad_()
+    TripletLoss(margin=margin, mining="semi_hard")(feats, pids).backward()
+    numerical = _finite_difference_grad(
+        lambda rows: _brute_force_mined(rows, pids, margin, "semi_hard"), feats.detach()
+    )
+    torch.testing.assert_close(feats.grad, numerical, rtol=1e-5, atol=1e-7)
 
 
 def test_batch_all_with_no_active_triplet_is_zero():
@@ -346,7 +441,7 @@ def test_loss_terms_reproduce_the_old_ce_triplet_center_loss():
         loss_fn = build_loss(cfg, num_classes=5, feat_dim=8)
         outputs = _outputs(10, 5, 8)
         losses = loss_fn(outputs, pids)
-        terms = {name for name in losses if "." not in name}  # the rest are diagnostics
+        terms = {name for name in losses if "." not in name} - {"acc"}  # and diagnostics
         assert terms == {"cross_entropy", "triplet", "center", "total"}
         centers = loss_fn.terms["center"].centers
         reference = _old_reid_loss(outputs, pids, 0.7, 1.5, 5e-4, centers)
@@ -424,3 +519,168 @@ def test_loss_weights_validated():
         ReidLoss({"triplet": (TripletLoss(), 0.0)})
     with pytest.raises(ReidError, match="'triplet'"):
         ReidLoss({"triplet": (TripletLoss(), -1.0)})
+
+
+# --- mixed precision -------------------------------------------------------------------
+
+
+def _training_outputs(num_ids: int, num_instances: int, dim: int) -> tuple[dict, torch.Tensor]:
+    """A P x K batch with identity structure, float32, as a model's training output:
+    non-negative pooled ``feat``, standardised ``neck_feat``, classifier ``logits``."""
+    gen = torch.Generator().manual_seed(0)
+    pids = torch.arange(num_ids).repeat_interleave(num_instances)
+    feat = (
+        (0.3 * torch.randn(num_ids, dim, generator=gen)[pids])
+        .add(torch.randn(len(pids), dim, generator=gen))
+        .relu()
+    )
+    neck_feat = (feat - feat.mean(0)) / feat.std(0)
+    logits = neck_feat @ torch.randn(dim, num_ids, generator=gen) / dim**0.5 * 4.0
+    return {"feat": feat, "neck_feat": neck_feat, "logits": logits}, pids
+
+
+def _value_and_grads(term, inputs, pids, autocast: bool) -> tuple:
+    term.zero_grad(set_to_none=True)
+    x = inputs.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        value = term(x, pids)
+    value.backward()
+    return value, x.grad, [param.grad.clone() for param in term.parameters()]
+
+
+def _assert_relative(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    error = (actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)
+    assert error.item() <= rel, f"relative difference {error.item():.2e} > {rel}"
+
+
+@pytest.mark.parametrize(
+    "name,mining",
+    [(name, "hard") for name in LOSSES.names()] + [("triplet", "semi_hard"), ("triplet", "all")],
+)
+def test_every_term_computes_in_float32_under_autocast(name, mining):
+    """bf16 autocast (as SOLVER.AMP on a GPU) changes neither value nor gradients:
+    distances, cosines and margin logits are computed in float32."""
+    num_ids, dim = 8, 256
+    cfg = load_cfg(opts=["LOSS.TRIPLET_MINING", mining])
+    torch.manual_seed(0)
+    term = LOSSES.get(name)(cfg, num_ids, dim, 1.0)
+    outputs, pids = _training_outputs(num_ids, 4, dim)
+    inputs = outputs[term.input]
+    value, grad, param_grads = _value_and_grads(term, inputs, pids, autocast=False)
+    assert value.item() > 0  # a batch that trains the term
+    amp_value, amp_grad, amp_param_grads = _value_and_grads(term, inputs, pids, autocast=True)
+    _assert_relative(amp_value, value, 1e-5)
+    _assert_relative(amp_grad, grad, 1e-5)
+    for amp_param_grad, param_grad in zip(amp_param_grads, param_grads, strict=True):
+        _assert_relative(amp_param_grad, param_grad, 1e-5)
+    assert amp_value.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_half_precision_inputs_are_upcast(name):
+    """Under autocast a backbone hands over bf16 features; the term computes on them in
+    float32 and returns the gradient in their dtype."""
+    num_ids, dim = 4, 64
+    torch.manual_seed(0)
+    term = LOSSES.get(name)(load_cfg(), num_ids, dim, 1.0)
+    outputs, pids = _training_outputs(num_ids, 4, dim)
+    half = outputs[term.input].bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = term(half, pids)
+    value.backward()
+    assert value.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+    assert value.item() == term(half.detach().float(), pids).item()
+
+
+def test_float32_forward_leaves_float64_alone():
+    seen = []
+
+    @float32_forward
+    def probe(x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        seen.extend([x.dtype, y.dtype, torch.is_autocast_enabled("cpu")])
+        return x.sum() * scale
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probe(torch.ones(2, dtype=torch.float64), y=torch.ones(2, dtype=torch.float16))
+    assert seen == [torch.float64, torch.float32, False]
+
+
+# --- logged accuracy -------------------------------------------------------------------
+
+
+def _hand_accuracy(scores: list[list[float]], labels: list[int]) -> float:
+    """Share of rows whose largest score is the label's."""
+    right = 0
+    for row, label in zip(scores, labels, strict=True):
+        right += max(range(len(row)), key=row.__getitem__) == label
+    return right / len(labels)
+
+
+def _cosine_rows(feats: list[list[float]], weight: list[list[float]]) -> list[list[float]]:
+    def norm(v: list[float]) -> float:
+        return math.sqrt(sum(x * x for x in v))
+
+    return [
+        [sum(x * w for x, w in zip(f, wr, strict=True)) / (norm(f) * norm(wr)) for wr in weight]
+        for f in feats
+    ]
+
+
+def _accuracy_outputs(loss_fn: ReidLoss, num_ids: int, dim: int) -> tuple[dict, torch.Tensor]:
+    """Logits right on the first 4 of 12 rows; neck features that the margin classifier
+    (if any) gets right on the first 9, the BNNeck logits being wrong there."""
+    gen = torch.Generator().manual_seed(5)
+    pids = torch.arange(num_ids).repeat_interleave(12 // num_ids)
+    predicted = torch.where(torch.arange(12) < 4, pids, (pids + 1) % num_ids)
+    logits = 0.1 * torch.randn(12, num_ids, generator=gen) + 3.0 * F.one_hot(predicted, num_ids)
+    margin_terms = [t for t in loss_fn.terms.values() if hasattr(t, "weight")]
+    weight = margin_terms[0].weight.detach() if margin_terms else torch.randn(num_ids, dim)
+    sign = torch.where(torch.arange(12) < 9, 1.0, -1.0).unsqueeze(1)
+    neck_feat = sign * weight[pids] + 0.01 * torch.randn(12, dim, generator=gen)
+    feat = torch.randn(12, dim, generator=gen)
+    return {"logits": logits, "feat": feat, "neck_feat": neck_feat}, pids
+
+
+@pytest.mark.parametrize(
+    "names,weights,expected_acc,other",
+    [
+        ("[cross_entropy, triplet]", "[1.0, 1.0]", "cross_entropy", None),
+        ("[arcface, triplet]", "[1.0, 1.0]", "arcface", None),
+        ("[cosface]", "[1.0]", "cosface", None),
+        ("[triplet]", "[1.0]", None, None),
+        ("[cosface, cross_entropy]", "[1.0, 1.0]", "cosface", "cross_entropy"),
+        ("[cross_entropy, triplet, arcface]", "[0.0, 1.0, 1.0]", "arcface", None),
+    ],
+)
+def test_logged_accuracy_is_the_classifying_terms(names, weights, expected_acc, other):
+    """``"acc"`` is the accuracy of the first term (in LOSS.NAMES) that classifies: the
+    argmax of the logits for cross-entropy, of the cosines without margin for CosFace
+    and ArcFace; none without such a term; the others' as ``"<term>.acc"``."""
+    num_ids, dim = 6, 8
+    cfg = load_cfg(opts=["LOSS.NAMES", names, "LOSS.WEIGHTS", weights])
+    torch.manual_seed(0)
+    loss_fn = build_loss(cfg, num_classes=num_ids, feat_dim=dim)
+    outputs, pids = _accuracy_outputs(loss_fn, num_ids, dim)
+    labels = pids.tolist()
+    by_hand = {"cross_entropy": _hand_accuracy(outputs["logits"].tolist(), labels)}
+    for name in ("arcface", "cosface"):
+        if name in loss_fn.terms:
+            weight = loss_fn.terms[name].weight.tolist()
+            by_hand[name] = _hand_accuracy(
+                _cosine_rows(outputs["neck_feat"].tolist(), weight), labels
+            )
+    assert by_hand["cross_entropy"] == pytest.approx(4 / 12)
+    assert by_hand.get("arcface", 0.75) == by_hand.get("cosface", 0.75) == pytest.approx(0.75)
+
+    losses = loss_fn(outputs, pids)
+    if expected_acc is None:
+        assert "acc" not in losses and not any(key.endswith(".acc") for key in losses)
+        return
+    acc = losses["acc"]
+    assert acc.dim() == 0 and not acc.requires_grad
+    assert acc.item() == pytest.approx(by_hand[expected_acc])
+    assert f"{expected_acc}.acc" not in losses  # once, as "acc"
+    extra = {key for key in losses if key.endswith(".acc")}
+    assert extra == ({f"{other}.acc"} if other else set())
+    if other:
+        assert losses[f"{other}.acc"].item() == pytest.approx(by_hand[other])

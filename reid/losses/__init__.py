@@ -17,6 +17,7 @@ from reid.losses.circle import CircleLoss
 from reid.losses.cosface import CosFace
 from reid.losses.cross_entropy import CrossEntropy
 from reid.losses.multi_similarity import MultiSimilarityLoss
+from reid.losses.precision import float32_forward
 from reid.losses.registry import LOSSES
 from reid.losses.triplet import TripletLoss, pairwise_euclidean
 
@@ -31,5 +32,6 @@ __all__ = [
     "ReidLoss",
     "TripletLoss",
     "build_loss",
+    "float32_forward",
     "pairwise_euclidean",
 ]

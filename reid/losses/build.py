@@ -59,7 +59,11 @@ class ReidLoss(nn.Module):
         Returns:
             Scalars keyed by term name (each already multiplied by its weight),
             ``"total"``, and the terms' diagnostics keyed ``"<term>.<name>"`` (e.g.
-            ``"triplet.active"``), which are logged but not part of the total.
+            ``"triplet.active"``), which are logged but not part of the total. A term
+            that classifies (cross-entropy, CosFace, ArcFace) reports its batch
+            accuracy as the diagnostic ``acc``; the first such term in ``LOSS.NAMES``
+            order (weight > 0) gives ``"acc"``, the others ``"<term>.acc"``. Without a
+            classifying term there is no ``"acc"``: no classifier is being trained.
         """
         losses: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
@@ -71,7 +75,7 @@ class ReidLoss(nn.Module):
         total = torch.stack(list(losses.values())).sum()
         for name, term in self.terms.items():  # what the terms measured on the way
             for key, value in getattr(term, "diagnostics", {}).items():
-                losses[f"{name}.{key}"] = value
+                losses["acc" if key == "acc" and "acc" not in losses else f"{name}.{key}"] = value
         # Outputs no term reads still get a gradient, of zero: distributed training
         # (DDP) needs every parameter to get one in every step.
         read = {term.input for term in self.terms.values()}

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.losses.precision import float32_forward
 from reid.losses.registry import LOSSES
 
 
@@ -44,6 +45,7 @@ class CenterLoss(nn.Module):
         self.center_grad_scale = center_grad_scale
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
 
+    @float32_forward
     def forward(self, feats: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Computes the loss.
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.losses.precision import float32_forward
 from reid.losses.registry import LOSSES
 from reid.losses.triplet import pair_masks
 
@@ -37,6 +38,7 @@ class CircleLoss(nn.Module):
         self.margin = margin
         self.scale = scale
 
+    @float32_forward
     def forward(self, feats: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Scalar loss of ``(B, D)`` features and ``(B,)`` identity labels."""
         normed = F.normalize(feats, dim=1)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.losses.precision import float32_forward
 from reid.losses.registry import LOSSES
 
 
@@ -14,6 +15,9 @@ class CrossEntropy(nn.Module):
 
     ``targets = (1 - epsilon) * onehot + epsilon / num_classes``, loss = the batch mean
     of ``sum(-targets * log_softmax(logits))``: ``F.cross_entropy(label_smoothing=)``.
+
+    After each call, :attr:`diagnostics` holds ``acc``, the (detached) fraction of the
+    batch whose largest logit is its label's.
 
     Args:
         epsilon: smoothing weight in ``[0, 1)``; 0 is the plain cross-entropy.
@@ -26,9 +30,12 @@ class CrossEntropy(nn.Module):
     def __init__(self, epsilon: float = 0.1) -> None:
         super().__init__()
         self.epsilon = epsilon
+        self.diagnostics: dict[str, torch.Tensor] = {}
 
+    @float32_forward
     def forward(self, logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Scalar loss of ``(B, N)`` logits and ``(B,)`` labels in ``[0, N)``."""
+        self.diagnostics = {"acc": (logits.argmax(dim=1) == pids).float().mean().detach()}
         return F.cross_entropy(logits, pids, label_smoothing=self.epsilon)
 
 

@@ -10,6 +10,11 @@ class attributes, what :class:`reid.losses.ReidLoss` needs to know about it:
 - ``own_lr``: None when its parameters (if any) train with the model's optimizer, else
   the learning rate of their own plain SGD (center loss).
 
+Optionally, after each call, ``diagnostics``: detached scalars to log, by name; a term
+that classifies puts its batch accuracy there as ``acc``. The built-in terms decorate
+their ``forward`` with :func:`reid.losses.precision.float32_forward`, so that they
+compute in float32 under mixed precision; a plugin term should too.
+
 Add a term by registering a factory, e.g. from a module listed in ``IMPORTS``.
 """
 

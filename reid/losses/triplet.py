@@ -7,6 +7,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from reid.errors import ReidError
+from reid.losses.precision import float32_forward
 from reid.losses.registry import LOSSES
 
 # Floor of the squared distance before the square root: the root's gradient is
@@ -54,8 +55,12 @@ class TripletLoss(nn.Module):
     - ``"hard"`` (batch-hard): per anchor, the farthest positive and the closest
       negative; the mean over anchors.
     - ``"semi_hard"``: per anchor and *each* of its positives (all ``K - 1`` of them),
-      the closest negative that is farther than that positive, or the closest negative
-      when none is; the mean over these anchor-positive pairs.
+      the closest negative that is farther than that positive; when no negative is
+      farther, the *farthest* negative, the gentlest triplet the pair has (as
+      TensorFlow's ``triplet_semihard_loss`` does). The mean over these anchor-positive
+      pairs. Gentler than batch-hard: a negative closer than the positive (the
+      hardest, and under label noise the likeliest to be mislabelled) is used only when
+      every negative is, and then the farthest of them.
     - ``"all"`` (batch-all): every valid triplet, ``P K (K - 1) (P K - K)`` of them;
       the mean over those with a positive cost (with the soft margin, all of them). It
       holds a ``(B, B, B)`` cost tensor: for P = 16, K = 4 (B = 64) that is 262,144
@@ -91,6 +96,7 @@ class TripletLoss(nn.Module):
         self.mining = mining
         self.diagnostics: dict[str, torch.Tensor] = {}
 
+    @float32_forward
     def forward(self, feats: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Computes the loss.
 
@@ -116,7 +122,7 @@ class TripletLoss(nn.Module):
         if self.mining == "hard":
             gaps = hardest_pos - hardest_neg
         elif self.mining == "semi_hard":
-            gaps = self._semi_hard_gaps(dist, positive, negative, hardest_neg)
+            gaps = self._semi_hard_gaps(dist, positive, negative)
         else:
             gaps = (dist.unsqueeze(2) - dist.unsqueeze(1))[
                 positive.unsqueeze(2) & negative.unsqueeze(1)
@@ -136,17 +142,27 @@ class TripletLoss(nn.Module):
 
     @staticmethod
     def _semi_hard_gaps(
-        dist: torch.Tensor,
-        positive: torch.Tensor,
-        negative: torch.Tensor,
-        hardest_neg: torch.Tensor,
+        dist: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
     ) -> torch.Tensor:
-        """``d_ap - d_an`` of every anchor-positive pair with its semi-hard negative."""
+        """``d_ap - d_an`` of every anchor-positive pair with its semi-hard negative.
+
+        Args:
+            dist: ``(A, B)`` distances of the anchors to the batch.
+            positive: ``(A, B)`` mask of each anchor's positives.
+            negative: ``(A, B)`` mask of each anchor's negatives (at least one a row).
+
+        Returns:
+            ``(number of positives,)`` gaps, in the row-major order of ``positive``.
+        """
         d_ap = dist.unsqueeze(2)  # (A, B, 1): anchor a, candidate positive p
         d_an = dist.unsqueeze(1)  # (A, 1, B): anchor a, candidate negative n
         farther = negative.unsqueeze(1) & (d_an > d_ap)  # (A, B, B)
         semi_hard = d_an.expand_as(farther).masked_fill(~farther, float("inf")).amin(dim=2)
-        chosen = torch.where(farther.any(dim=2), semi_hard, hardest_neg.unsqueeze(1))
+        # No negative beyond the positive: the farthest one (as TensorFlow's
+        # triplet_semihard_loss), not the closest, which would make exactly the hard
+        # pairs batch-hard ones.
+        farthest_neg = dist.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
+        chosen = torch.where(farther.any(dim=2), semi_hard, farthest_neg)
         return (dist - chosen)[positive]
 
 
