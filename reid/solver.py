@@ -1,11 +1,11 @@
 """Optimizers with parameter groups, and warmup learning-rate schedules."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from yacs.config import CfgNode
 
 from reid.errors import ReidError
@@ -58,17 +58,20 @@ def warmup_factor(
     gamma: float = 0.1,
     max_epochs: int = 1,
 ) -> float:
-    """Learning-rate multiplier at a fractional ``epoch`` (0-based, iterations / epoch size).
+    """Learning-rate multiplier at a fractional ``epoch``: the epochs completed plus the
+    fraction of the current one done (0 at the start of training).
 
     Warmup rises linearly from ``warmup_start`` to 1 over ``warmup_epochs``; then
     ``"multistep"`` multiplies by ``gamma`` from each epoch in ``steps`` on, and
-    ``"cosine"`` decays to 0 over the epochs after warmup.
+    ``"cosine"`` decays to 0 over the epochs after warmup, reaching it at
+    ``max_epochs`` and staying there.
     """
     if epoch < warmup_epochs:
         return warmup_start + (1 - warmup_start) * epoch / warmup_epochs
     if scheduler == "cosine":
         span = max(max_epochs - warmup_epochs, 1)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+        done = min(epoch, max_epochs) - warmup_epochs
+        return 0.5 * (1 + math.cos(math.pi * done / span))
     return gamma ** sum(epoch >= step for step in steps)
 
 
@@ -92,19 +95,64 @@ def build_optimizer(
     )
 
 
-def build_scheduler(
-    cfg: CfgNode, optimizer: torch.optim.Optimizer, iters_per_epoch: int
-) -> LambdaLR:
-    """Warmup + multistep / cosine schedule, stepped after every iteration.
+class EpochScheduler:
+    """The learning rate as a function of the position in training, counted in epochs.
 
-    Stepping per iteration makes the warmup a smooth ramp (short runs need that);
-    the multistep decays still fall exactly on the epochs in ``SOLVER.STEPS``.
+    PK epochs differ in length, so a count of iterations divided by one epoch's length
+    drifts away from the epochs the config names. The trainer instead tells the
+    scheduler where training is, ``epoch + done / batches_in_this_epoch``, after every
+    iteration (:meth:`step_to`); each parameter group's learning rate is then its
+    ``initial_lr`` times ``factor(position)``. Multistep decays therefore fall exactly
+    on their epochs, and a cosine reaches its end exactly when training does.
+
+    The position is all the state there is, and it follows from the trainer's own
+    (epoch, iteration), so resuming needs nothing from :meth:`state_dict`.
+
+    Args:
+        optimizer: whose groups' ``lr`` is set; ``initial_lr`` is recorded in each
+            group (as torch's schedulers do) the first time.
+        factor: the multiplier at a fractional epoch, e.g. :func:`warmup_factor`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[float], float]) -> None:
+        self.optimizer = optimizer
+        self.factor = factor
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.position = 0.0
+        self.step_to(0.0)
+
+    def step_to(self, position: float) -> None:
+        """Sets every group's learning rate for training ``position`` epochs in."""
+        self.position = position
+        multiplier = self.factor(position)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier
+
+    def get_last_lr(self) -> list[float]:
+        """The groups' current learning rates."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, float]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Checkpoints of earlier versions hold a LambdaLR's state; the trainer sets
+        # the position from its own (epoch, iteration) either way.
+        self.step_to(float(state.get("position", 0.0)))
+
+
+def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> EpochScheduler:
+    """Warmup + multistep / cosine schedule over the fractional epoch (``SOLVER.*``).
+
+    Set after every iteration, so the warmup is a smooth ramp (short runs need that),
+    and the multistep decays fall exactly on the epochs in ``SOLVER.STEPS``.
     """
     solver = cfg.SOLVER
 
-    def factor(iteration: int) -> float:
+    def factor(epoch: float) -> float:
         return warmup_factor(
-            iteration / iters_per_epoch,
+            epoch,
             warmup_epochs=solver.WARMUP_EPOCHS,
             warmup_start=solver.WARMUP_FACTOR,
             scheduler=solver.SCHEDULER,
@@ -113,7 +161,7 @@ def build_scheduler(
             max_epochs=solver.MAX_EPOCHS,
         )
 
-    return LambdaLR(optimizer, factor)
+    return EpochScheduler(optimizer, factor)
 
 
 def build_loss_optimizer(loss_fn: ReidLoss) -> torch.optim.Optimizer | None:

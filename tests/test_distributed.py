@@ -18,6 +18,9 @@ from reid.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 CONFIG = ["--config", "configs/demo.yml"]
+# The 2-process run of the fixture trains without SyncBN: each rank's BatchNorm statistics
+# then drift apart, which evaluation must not see (SyncBN itself is in the float64 test).
+NO_SYNC_BN = ["DISTRIBUTED.SYNC_BN", "false"]
 TESTS = ROOT / "tests"
 
 
@@ -34,9 +37,9 @@ def metrics(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def two_process_run(trained: Path) -> Path:
-    """The `trained` fixture's run, under torchrun with 2 processes."""
+    """The `trained` fixture's run, under torchrun with 2 processes, without SyncBN."""
     out = trained.parent / "torchrun"
-    result = run(torchrun(TRAIN, *CONFIG, *tiny(trained.parent, out), *SCHEDULE))
+    result = run(torchrun(TRAIN, *CONFIG, *tiny(trained.parent, out), *SCHEDULE, *NO_SYNC_BN))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("mINP") == 1  # one table, from rank 0
     return out
@@ -73,6 +76,9 @@ def test_the_worker_count_does_not_change_training(trained: Path) -> None:
 
 
 def test_rank0_writes_one_set_of_files_that_load_in_one_process(two_process_run: Path) -> None:
+    """One set of files, loadable in one process, whose evaluation gives the metrics of
+    training's: without SyncBN too, every rank evaluated with the saved BatchNorm
+    statistics (rank 0's), not its own."""
     out = two_process_run
     for name in ("config.yaml", "metrics.json", "last.pth", "best.pth", "log.txt"):
         assert len(list(out.rglob(name))) == 1, name
@@ -94,7 +100,7 @@ def test_preempted_torchrun_resumes_to_the_same_metrics(two_process_run: Path) -
     """SIGTERM reaches rank 0 only; the ranks agree to stop at the same step, and
     --resume under torchrun finishes as the uninterrupted 2-process run did."""
     out = two_process_run.parent / "torchrun_preempted"
-    args = [*CONFIG, *tiny(out.parent, out), *SCHEDULE]
+    args = [*CONFIG, *tiny(out.parent, out), *SCHEDULE, *NO_SYNC_BN]
     stopped = run(torchrun(TESTS / "stopping_train.py", "15", *args))
     assert stopped.returncode != 0
     # Each rank prints it, unless torchrun ends it first (once rank 0 has exited).
@@ -139,3 +145,24 @@ def test_a_killed_rank_ends_the_job_instead_of_hanging(trained: Path) -> None:
     assert time.monotonic() - started < 60
     assert "Signal 9 (SIGKILL) received by PID" in stderr
     assert torch.load(out / "last.pth")["epoch"] < 200
+
+
+def test_loss_parameters_are_rank_0s_on_every_rank(tmp_path: Path) -> None:
+    """Center-loss centers and margin-classifier weights are broadcast when the Trainer is
+    built, not left to equal seeding."""
+    result = run(torchrun(TESTS / "distributed_checks.py", "loss_parameters", str(tmp_path)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == "equal True, changed False"  # its own
+    assert (tmp_path / "rank1.txt").read_text() == "equal True, changed True"  # had others
+
+
+def test_any_exception_on_rank_0_alone_ends_every_rank_with_a_message(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run(torchrun(TESTS / "distributed_checks.py", "rank0_error", str(tmp_path)))
+    assert result.returncode != 0
+    assert "ZeroDivisionError: a bug in rank 0's section" in result.stderr  # rank 0's own
+    assert (
+        "[rank1]: reid.errors.ReidError: rank 0 failed (ZeroDivisionError: a bug in rank 0's "
+        "section); see its output" in result.stderr
+    )
+    assert time.monotonic() - started < 120  # the collective timeout is 5 minutes

@@ -166,6 +166,23 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path: Path) -> None:
     assert path.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, ValueError])
+def test_atomic_write_removes_its_temporary_file_on_any_exception(
+    tmp_path: Path, interruption: type[BaseException]
+) -> None:
+    """A Ctrl-C (or a bug in the writer) mid-write leaves no temporary file behind."""
+    path = tmp_path / "last.pth"
+    path.write_text("good")
+
+    def interrupted(file) -> None:
+        file.write(b"partial")
+        raise interruption()
+
+    with pytest.raises(interruption):
+        atomic_write(path, interrupted)
+    assert path.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
 def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path) -> None:
     (tmp_path / "best.pth").write_bytes(b"a good model")
     (tmp_path / "notes.txt").write_text("mine")
@@ -181,8 +198,14 @@ def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path)
         open_run_dir(tmp_path, resume=True),
     ):
         pass
+    derived = ["test/metrics.json", "visual/cmc.png", "model.onnx", "model.onnx.data"]
+    for name in derived:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("the old run's")
     with open_run_dir(tmp_path, overwrite=True):
         assert not (tmp_path / "best.pth").exists()
+        # What was derived from the old run would look like the new run's results.
+        assert not any((tmp_path / name.split("/")[0]).exists() for name in derived)
     assert (tmp_path / "notes.txt").read_text() == "mine"  # not a run file: kept
 
 

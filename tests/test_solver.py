@@ -27,19 +27,21 @@ def test_cosine_after_warmup() -> None:
     )
 
 
-def test_scheduler_steps_per_iteration() -> None:
+def test_scheduler_sets_the_rate_of_a_fractional_epoch() -> None:
     cfg = load_cfg(opts=["SOLVER.WARMUP_EPOCHS", "2", "SOLVER.STEPS", "[3]"])
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(cfg, optimizer, iters_per_epoch=4)
-    lrs = []
-    for _ in range(16):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[0] == pytest.approx(0.01)
-    assert lrs[1] == pytest.approx(0.01 + 0.99 * 0.125)  # a quarter of the first epoch
-    assert lrs[8:12] == pytest.approx([1.0] * 4)
-    assert lrs[12:] == pytest.approx([0.1] * 4)
+    scheduler = build_scheduler(cfg, optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # set when built
+    for position, expected in [(0.25, 0.01 + 0.99 * 0.125), (2.0, 1.0), (2.999, 1.0), (3.0, 0.1)]:
+        scheduler.step_to(position)
+        assert scheduler.get_last_lr() == pytest.approx([expected], rel=1e-12)
+    restored = build_scheduler(cfg, torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0))
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.get_last_lr() == pytest.approx([0.1])
+
+
+def test_cosine_never_passes_its_end() -> None:
+    assert warmup_factor(13.5, 2, 0.1, "cosine", max_epochs=12) == 0.0
 
 
 def test_parameter_groups_bias_lr_and_decay_and_frozen_parameters() -> None:

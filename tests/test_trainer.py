@@ -1,11 +1,14 @@
 """The Trainer's safety: stop on non-finite values, save before evaluating, stop cleanly on
 SIGTERM / SIGINT and resume to the very same result. A tiny model on random vectors."""
 
+import math
 import signal
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -17,6 +20,7 @@ from reid.engine.trainer import NonFiniteError, Trainer, TrainingInterrupted
 from reid.errors import ReidError
 from reid.evaluation import evaluate_rank
 from reid.losses import build_loss
+from reid.solver import EpochScheduler, build_scheduler
 
 NUM_IDS, PER_ID, DIM = 8, 5, 16
 MAX_EPOCHS = 3
@@ -57,7 +61,15 @@ class TinyModel(nn.Module):
         return {"logits": self.classifier(self.neck(feat)), "feat": feat}
 
 
-def _trainer(output_dir: Path, trainer_class: type[Trainer] = Trainer, **kwargs) -> Trainer:
+def _trainer(
+    output_dir: Path,
+    trainer_class: type[Trainer] = Trainer,
+    schedule: tuple[str, ...] = (),
+    loss_fn: nn.Module | None = None,
+    **kwargs,
+) -> Trainer:
+    """A Trainer of the tiny model; ``schedule``: ``SOLVER.*`` overrides of its learning
+    rate schedule (default: constant); ``loss_fn``: default, the default config's."""
     torch.manual_seed(0)
     dataset = NoisyVectors()
     sampler = PKSampler(dataset.pids, batch_size=8, num_instances=2, seed=0)
@@ -82,9 +94,11 @@ def _trainer(output_dir: Path, trainer_class: type[Trainer] = Trainer, **kwargs)
     options = {"eval_period": 2, "evaluate": evaluate, **kwargs}
     return trainer_class(
         model,
-        build_loss(load_cfg(), NUM_IDS, DIM),
+        loss_fn or build_loss(load_cfg(), NUM_IDS, DIM),
         optimizer,
-        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
+        build_scheduler(load_cfg(opts=["SOLVER.WARMUP_EPOCHS", "0", *schedule]), optimizer)
+        if schedule
+        else EpochScheduler(optimizer, lambda position: 1.0),
         loader,
         device=torch.device("cpu"),
         max_epochs=MAX_EPOCHS,
@@ -247,3 +261,108 @@ def test_checkpoints_hold_only_tensors_and_plain_types(tmp_path: Path) -> None:
     trainer.save(1)
     state = torch.load(tmp_path / "last.pth", weights_only=True)  # plain torch, no allowlist
     assert state["epoch"] == 1 and isinstance(state["rng"]["numpy"]["state"]["key"], torch.Tensor)
+
+
+def _recording_lr(trainer: Trainer) -> list[tuple[int, int, float]]:
+    """``(epoch, iteration, learning rate)`` of every step the trainer takes, appended to
+    as it trains."""
+    seen, run_step = [], trainer.run_step
+    epoch_of_step = {"epoch": -1, "iteration": 0}
+    train_one_epoch = trainer.train_one_epoch
+
+    def recording_epoch(epoch: int) -> dict[str, float]:
+        epoch_of_step.update(epoch=epoch, iteration=0)
+        return train_one_epoch(epoch)
+
+    def recording_step(images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        seen.append((epoch_of_step["epoch"], epoch_of_step["iteration"], lr))
+        epoch_of_step["iteration"] += 1
+        return run_step(images, pids)
+
+    trainer.train_one_epoch, trainer.run_step = recording_epoch, recording_step
+    return seen
+
+
+def test_the_schedule_follows_the_true_position_over_uneven_epochs(tmp_path: Path) -> None:
+    """PK epochs of this sampler have 6, 5 and 6 batches. The decay configured at epoch 1
+    and 2 hits exactly the first step of those epochs, and nothing in between; the
+    TensorBoard step rises by one every iteration."""
+    trainer = _trainer(tmp_path, schedule=("SOLVER.STEPS", "[1, 2]", "SOLVER.GAMMA", "0.1"))
+    sampler = trainer.train_loader.batch_sampler
+    lengths = [len(sampler._batches(epoch)) for epoch in range(MAX_EPOCHS)]
+    assert len(set(lengths)) > 1  # the point of the test: epochs differ in length
+    seen = _recording_lr(trainer)
+    trainer.train()
+    assert [(epoch, iteration) for epoch, iteration, _ in seen] == [
+        (epoch, iteration) for epoch in range(MAX_EPOCHS) for iteration in range(lengths[epoch])
+    ]
+    for epoch, _, lr in seen:
+        assert lr == pytest.approx(0.05 * 0.1**epoch, rel=1e-12)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train_iter/total")]
+    assert steps == list(range(1, sum(lengths) + 1))
+    epoch_steps = [event.step for event in events.Scalars("train/total")]
+    assert epoch_steps == [sum(lengths[: epoch + 1]) for epoch in range(MAX_EPOCHS)]
+
+
+def test_cosine_ends_at_its_minimum_when_training_does(tmp_path: Path) -> None:
+    """Cosine over uneven epochs: each epoch's first step is at cos(pi * epoch / 3), the
+    learning rate never rises, and it is exactly 0 when the last iteration is done
+    (an epoch longer than the first used to carry the cosine past its end)."""
+    trainer = _trainer(tmp_path, schedule=("SOLVER.SCHEDULER", "cosine", "SOLVER.MAX_EPOCHS", "3"))
+    seen = _recording_lr(trainer)
+    trainer.train()
+    lrs = [lr for _, _, lr in seen]
+    assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:], strict=False))
+    for epoch, iteration, lr in seen:
+        if iteration == 0:
+            expected = 0.05 * 0.5 * (1 + math.cos(math.pi * epoch / MAX_EPOCHS))
+            assert lr == pytest.approx(expected, rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_a_resumed_run_takes_up_the_schedule_where_it_stopped(tmp_path: Path) -> None:
+    schedule = ("SOLVER.STEPS", "[1, 2]")
+    stopping = _trainer(tmp_path, _stopping_at(1, 2, signal.SIGTERM), schedule=schedule)
+    with pytest.raises(TrainingInterrupted):
+        stopping.train()
+    resumed = _trainer(tmp_path, schedule=schedule)
+    resumed.load_state(load_checkpoint(tmp_path / "last.pth"), "last.pth")
+    seen = _recording_lr(resumed)
+    resumed.train()
+    assert seen[0][2] == pytest.approx(0.05 * 0.1, rel=1e-12)  # epoch 2, step 4
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train_iter/total")]
+    assert steps == sorted(set(steps))  # strictly increasing across the resume
+
+
+def test_tensorboard_keeps_what_was_logged_before_a_stop(tmp_path: Path) -> None:
+    """The writer is flushed and closed on every exit: SIGTERM, NaN, evaluation error."""
+    stopping = _trainer(tmp_path / "term", _stopping_at(0, 2, signal.SIGTERM))
+    nan = _trainer(tmp_path / "nan")
+    nan.loss_fn = NaNAt(first_nan_call=4)
+    failing = _trainer(tmp_path / "eval")
+
+    def broken() -> dict[str, float]:
+        raise ReidError("cannot read image query/0001.jpg")
+
+    failing.evaluate = broken
+    for trainer, error in (
+        (stopping, TrainingInterrupted),
+        (nan, NonFiniteError),
+        (failing, ReidError),
+    ):
+        trainer.writer.close = mock.Mock(wraps=trainer.writer.close)
+        with pytest.raises(error):
+            trainer.train()
+        trainer.writer.close.assert_called_once()
+    for name, logged in (("term", 3), ("nan", 5), ("eval", None)):  # the NaN step too
+        events = EventAccumulator(str(tmp_path / name / "tensorboard"))
+        events.Reload()
+        steps = [event.step for event in events.Scalars("train_iter/total")]
+        assert steps and steps == list(range(1, len(steps) + 1)), name
+        if logged is not None:
+            assert len(steps) == logged, name

@@ -11,7 +11,9 @@ _C = CN()
 
 # Python modules imported before anything is built (e.g. [my_project.backbones]): plugins
 # that register backbones, datasets, poolings or losses. Found from the current folder
-# or PYTHONPATH.
+# or PYTHONPATH. Importing runs their code, so only tools/train.py imports the list of its
+# --config file; test, export, search and FeatureExtractor read files that may come from
+# someone else and import only the modules given on their command line or in `imports=`.
 _C.IMPORTS = []
 # Where logs, checkpoints, the resolved config and metrics.json are written.
 _C.OUTPUT_DIR = "output"
@@ -86,7 +88,9 @@ _C.SOLVER.WEIGHT_DECAY = 5e-4
 _C.SOLVER.WEIGHT_DECAY_BIAS = 5e-4
 # P x K images per training batch.
 _C.SOLVER.IMS_PER_BATCH = 64
-# "multistep" (decay by GAMMA at STEPS) or "cosine"; stepped once per epoch.
+# "multistep" (decay by GAMMA at STEPS) or "cosine" (to 0 at MAX_EPOCHS). The learning rate
+# is set after every iteration from the true position in training (epoch + fraction done),
+# so decays fall exactly on STEPS although PK epochs differ in length.
 _C.SOLVER.SCHEDULER = "multistep"
 # Epochs at which the learning rate is multiplied by GAMMA.
 _C.SOLVER.STEPS = [40, 70]

@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 RUN_RESULTS = ("last.pth", "best.pth", "metrics.json")
 # Everything a training writes at the top of its folder; --overwrite removes these.
 RUN_FILES = (*RUN_RESULTS, "config.yaml", "log.txt", "tensorboard")
+# What other tools derive from a run inside its folder (tools/test.py's results and
+# pictures, exported models): --overwrite removes these too, so that a new run never
+# sits beside results that look like its own.
+DERIVED = ("test", "visual")
+EXPORTED = ("*.onnx", "*.onnx.*")
 LOCK_NAME = ".lock"
 
 
@@ -37,7 +42,8 @@ def open_run_dir(
     Args:
         output_dir: the run folder, created if missing.
         resume: the caller continues the run in it (``last.pth`` must exist).
-        overwrite: remove a previous run's files (:data:`RUN_FILES`) first.
+        overwrite: remove a previous run's files (:data:`RUN_FILES`) and what was
+            derived from it (:data:`DERIVED`, exported models: :data:`EXPORTED`) first.
 
     Yields:
         ``output_dir`` as a Path.
@@ -68,13 +74,17 @@ def _check_previous_run(folder: Path, resume: bool, overwrite: bool) -> None:
                 f"{folder} already holds a run ({', '.join(found)}); continue it with "
                 "--resume, choose another OUTPUT_DIR, or replace it with --overwrite"
             )
-        for name in RUN_FILES:
-            path = folder / name
-            if path.is_dir():
+        paths = [folder / name for name in (*RUN_FILES, *DERIVED)]
+        paths += [path for pattern in EXPORTED for path in sorted(folder.glob(pattern))]
+        removed = [path.name for path in paths if path.exists() or path.is_symlink()]
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-        logger.info("removed the previous run's files from %s (--overwrite)", folder)
+        logger.info(
+            "--overwrite: removed the previous run's %s from %s", ", ".join(removed), folder
+        )
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from reid.engine.checkpoint import load_model_weights, save_checkpoint
 from reid.errors import ReidError
 from reid.evaluation.report import write_metrics
 from reid.models.sync_bn import convert_sync_batchnorm
+from reid.solver import EpochScheduler
 from reid.utils import distributed
 from reid.utils.cli import one_line
 from reid.utils.io import write_text
@@ -76,7 +77,8 @@ class Trainer:
             train mode.
         loss_fn: maps ``(outputs, pids)`` to a dict of named terms plus ``"total"``.
         optimizer: steps the model's parameters.
-        scheduler: stepped after every iteration.
+        scheduler: sets the learning rate from the position in training, in epochs
+            (:class:`reid.solver.EpochScheduler`); told it after every iteration.
         train_loader: yields ``(images, pids, camids)`` in PK batches; its batch
             sampler's ``set_epoch(epoch, start_batch)`` fixes each epoch's order.
         device: where the model lives.
@@ -99,7 +101,7 @@ class Trainer:
         model: nn.Module,
         loss_fn: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scheduler: EpochScheduler,
         train_loader: DataLoader,
         *,
         device: torch.device,
@@ -140,9 +142,15 @@ class Trainer:
         if sync_batchnorm and distributed.world_size() > 1:
             convert_sync_batchnorm(model, device)
         self.net = distributed.wrap_model(model, device)  # the model for training steps
+        # DDP broadcast the model's weights; the loss terms' (center-loss centers, margin
+        # classifiers) agree across ranks only by equal seeding unless broadcast too.
+        distributed.broadcast_from_main(self.loss_fn.state_dict().values())
         # Position: completed epochs, then iterations done into the next one.
         self.start_epoch = 0
         self.start_iteration = 0
+        # Iterations done since the start of training: TensorBoard's step. Epochs
+        # differ in length, so it is counted, not computed from the epoch.
+        self.global_step = 0
         self.pending_eval = False
         self.best_map = -1.0
         self.metrics: dict[str, float] = {}
@@ -168,7 +176,8 @@ class Trainer:
             pids: (B,) training labels on the device.
 
         Returns:
-            Scalars to log: each loss term and the batch accuracy.
+            Scalars to log: each loss term, its diagnostics, and the batch accuracy of
+            the term that classifies (``"acc"``; absent when no term does).
         """
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.net(images)
@@ -181,8 +190,7 @@ class Trainer:
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
-        accuracy = (outputs["logits"].argmax(1) == pids).float().mean()
-        return {**{name: value.item() for name, value in losses.items()}, "acc": accuracy.item()}
+        return {name: value.item() for name, value in losses.items()}
 
     def train(self) -> dict[str, float]:
         """Runs the remaining epochs; returns the metrics of the final evaluation.
@@ -192,26 +200,27 @@ class Trainer:
             NonFiniteError: a NaN or infinite loss or weight; nothing was saved.
             ReidError: evaluation failed; the message says where the weights are.
         """
-        if distributed.is_main_process():
-            write_text(self.output_dir / "config.yaml", self.config)
-        with self._catching_stop_signals():
-            if self.pending_eval:
-                self._evaluate_and_save(self.start_epoch)
-            for epoch in range(self.start_epoch, self.max_epochs):
-                self.history.append(self.train_one_epoch(epoch))
-                done = epoch + 1
-                due = self.evaluate is not None and (
-                    done % self.eval_period == 0 or done == self.max_epochs
-                )
-                self.save(done, pending_eval=due)
-                self._stop_if_asked(f"after epoch {done}; saved {self.last_path}")
-                if due:
-                    self._evaluate_and_save(done)
-            if not self.metrics and self.evaluate is not None:  # resumed a finished run
-                self.metrics = self.evaluate()
-        if distributed.is_main_process():
-            self.writer.close()
-            write_metrics(self.output_dir / "metrics.json", self.metrics)
+        try:
+            distributed.on_main(lambda: write_text(self.output_dir / "config.yaml", self.config))
+            with self._catching_stop_signals():
+                if self.pending_eval:
+                    self._evaluate_and_save(self.start_epoch)
+                for epoch in range(self.start_epoch, self.max_epochs):
+                    self.history.append(self.train_one_epoch(epoch))
+                    done = epoch + 1
+                    due = self.evaluate is not None and (
+                        done % self.eval_period == 0 or done == self.max_epochs
+                    )
+                    self.save(done, pending_eval=due)
+                    self._stop_if_asked(f"after epoch {done}; saved {self.last_path}")
+                    if due:
+                        self._evaluate_and_save(done)
+                if not self.metrics and self.evaluate is not None:  # resumed a finished run
+                    self.metrics = self._evaluate()
+        finally:  # a stop, a NaN or an error too: what was logged reaches the disk
+            if self.writer is not None:
+                self.writer.close()
+        distributed.on_main(lambda: write_metrics(self.output_dir / "metrics.json", self.metrics))
         return self.metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -229,6 +238,7 @@ class Trainer:
             _set_rng_states(self._resume_rng)
             self._resume_rng = None
         sums = dict(self._resume_sums) if first else {}
+        self.scheduler.step_to(epoch + first / num_batches)
         bar = tqdm(
             batches,
             total=num_batches,
@@ -243,9 +253,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             values = self.run_step(images, pids.to(self.device, non_blocking=True))
             values = distributed.mean_over_ranks(values)  # what one process would log
-            self.scheduler.step()
-            iteration = epoch * num_batches + step + 1
-            self._log_scalars("train_iter", {**values, "lr": lr}, iteration)
+            self.scheduler.step_to(epoch + (step + 1) / num_batches)
+            self.global_step += 1
+            self._log_scalars("train_iter", {**values, "lr": lr}, self.global_step)
             where = f"epoch {epoch + 1}, iteration {step + 1}/{num_batches}"
             if not all(math.isfinite(value) for value in values.values()):
                 terms = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
@@ -262,7 +272,7 @@ class Trainer:
             if step + 1 < num_batches and self._stop_asked():
                 self.save(epoch, iteration=step + 1, epoch_sums=sums)
                 self._stop_if_asked(f"at {where}; saved {self.last_path}")
-        self._log_scalars("train", {**averages, "lr": lr}, (epoch + 1) * num_batches)
+        self._log_scalars("train", {**averages, "lr": lr}, self.global_step)
         summary = " ".join(f"{name} {value:.4f}" for name, value in averages.items())
         logger.info(
             "epoch %d/%d: %s lr %.2e %.0f img/s", epoch + 1, self.max_epochs, summary, lr, speed
@@ -270,7 +280,7 @@ class Trainer:
         return averages
 
     def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
-        """Logs evaluation metrics to the log and TensorBoard."""
+        """Logs evaluation metrics to the log and TensorBoard (at the epoch as step)."""
         self._log_scalars("eval", metrics, epoch)
         text = " ".join(f"{name} {100 * value:.2f}%" for name, value in metrics.items())
         logger.info("epoch %d evaluation: %s", epoch, text)
@@ -313,6 +323,7 @@ class Trainer:
             "iteration": iteration,
             "pending_eval": pending_eval,
             "epoch_sums": epoch_sums or {},
+            "global_step": self.global_step,
             "metrics": self.metrics,
             "best_map": self.best_map,
             "rng": _rng_states(),
@@ -320,10 +331,13 @@ class Trainer:
         }
         if self.loss_optimizer is not None:
             state["loss_optimizer"] = self.loss_optimizer.state_dict()
-        if distributed.is_main_process():
+
+        def write() -> None:
             save_checkpoint(self.last_path, state)
             if best:
                 save_checkpoint(self.output_dir / "best.pth", state)
+
+        distributed.on_main(write)  # a failed write ends every rank, not only rank 0
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Restores everything :meth:`save` wrote, to continue from its position."""
@@ -339,6 +353,10 @@ class Trainer:
         self.start_iteration = state.get("iteration", 0)
         self.pending_eval = state.get("pending_eval", False)
         self._resume_sums = state.get("epoch_sums", {})
+        # Earlier versions did not count steps; their epochs' lengths are not known.
+        self.global_step = state.get(
+            "global_step", self.start_epoch * len(self.train_loader) + self.start_iteration
+        )
         self.metrics = state.get("metrics", {})
         self.best_map = state["best_map"]
         if self.start_iteration:
@@ -359,7 +377,7 @@ class Trainer:
         try:
             self._stop_now = f"during the evaluation {where}"
             self._stop_if_asked(self._stop_now)
-            metrics = self.evaluate()
+            metrics = self._evaluate()
         except TrainingInterrupted:
             raise
         except ReidError as err:
@@ -378,6 +396,15 @@ class Trainer:
         self.best_map = max(self.best_map, metrics["mAP"])
         self.save(epoch, best=improved)
         self._stop_if_asked(f"after evaluating epoch {epoch}; saved {self.last_path}")
+
+    def _evaluate(self) -> dict[str, float]:
+        """``evaluate()`` with every rank holding the weights the checkpoint holds.
+
+        Without SyncBN each rank's BatchNorm running statistics follow its own share of
+        the batches; rank 0's are the ones saved, so every rank evaluates with those.
+        """
+        distributed.broadcast_from_main(self.model.buffers())
+        return self.evaluate()
 
     def _kept(self) -> str:
         """What a stop without saving leaves on disk, for error messages."""

@@ -9,7 +9,7 @@ and every function here is the single-process identity, so callers never branch.
 import datetime
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -113,17 +113,26 @@ def main_first() -> Iterator[None]:
 def on_main(compute: Callable[[], T]) -> T:
     """``compute()`` run once, on rank 0, and its result given to every rank.
 
-    A ReidError it raises is raised on every rank.
+    Whatever it raises on rank 0 ends every rank at once, instead of leaving the others
+    waiting at their next collective until the timeout: a ReidError is raised on every
+    rank with its message; any other exception is re-raised on rank 0 (its traceback
+    printed there) and the other ranks raise a ReidError that names it.
     """
     if world_size() == 1:
         return compute()
     outcome: tuple[str, object] = ("ok", None)
+    failure: BaseException | None = None
     if is_main_process():
         try:
             outcome = ("ok", compute())
         except ReidError as err:
             outcome = ("error", str(err))
+        except BaseException as err:  # a bug, a KeyboardInterrupt: still tell the others
+            failure = err
+            outcome = ("error", f"rank 0 failed ({type(err).__name__}: {err}); see its output")
     kind, value = _share_from_main(outcome)
+    if failure is not None:
+        raise failure
     if kind == "error":
         raise ReidError(value)
     return value
@@ -145,6 +154,14 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrites each tensor, in place, with rank 0's (module parameters or buffers)."""
+    if world_size() == 1:
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=0)
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

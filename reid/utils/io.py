@@ -6,6 +6,7 @@ through :func:`atomic_write`, so that a bad file cannot execute code and a faile
 write never leaves a half-written file in place of a good one.
 """
 
+import contextlib
 import os
 import pickle
 import re
@@ -51,6 +52,8 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise ReidError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise ReidError(f"cannot read {what} {path}: the file is empty (0 bytes)")
     try:
         with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -69,15 +72,27 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
         ) from None
     except Exception as err:  # torch raises many types for truncated or foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _INCOMPLETE.search(reason) or isinstance(err, EOFError):
+            # torch's own text runs to several sentences of advice; its first clause says why.
+            detail = reason.split(". ")[0].rstrip(".")
+            raise ReidError(
+                f"cannot read {what} {path}: the file is incomplete or corrupt ({detail}); "
+                f"was it copied or saved completely? ({path.stat().st_size} bytes)"
+            ) from None
         raise ReidError(f"cannot read {what} {path}: {reason}") from None
+
+
+# What torch says of a file that ends early: a zip without its directory, a legacy file
+# whose tensor bytes are cut.
+_INCOMPLETE = re.compile(r"central directory|unexpected EOF|EOFError|Ran out of input", re.I)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Writes a file through ``write(file)`` so that ``path`` is never left half-written.
 
     The bytes go to a temporary file in the same folder, are flushed to disk, then
-    renamed over ``path`` in one step. If anything fails (disk full, no permission) the
-    temporary file is removed and ``path`` keeps its previous content.
+    renamed over ``path`` in one step. If anything fails (disk full, no permission, a
+    Ctrl-C) the temporary file is removed and ``path`` keeps its previous content.
 
     Raises:
         ReidError: the folder or file cannot be written; the message names ``path`` and
@@ -95,12 +110,14 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
             os.fsync(raw.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
         # torch.save reports a failed write as its own RuntimeError; the OSError says why.
         cause = file.error if file is not None and file.error is not None else err
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
         kept = "; the previous file is unchanged" if path.exists() else ""
         raise ReidError(f"cannot write {path}: {reason.splitlines()[0]}{kept}") from None
+    finally:  # any failure, a KeyboardInterrupt included; after the rename it is gone
+        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
+            tmp.unlink(missing_ok=True)
 
 
 class _WriteErrorRecorder:
