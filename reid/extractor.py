@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,8 @@ import torch
 from PIL import Image
 from yacs.config import CfgNode
 
-from reid.config import load_cfg
-from reid.data.image_dataset import read_image
+from reid.config import import_plugins, load_cfg
+from reid.data.image_dataset import read_image, to_rgb
 from reid.data.transforms import resize_for_test
 from reid.deploy import DeployModel, OnnxModel
 from reid.engine.checkpoint import build_trained_model
@@ -63,10 +64,17 @@ class FeatureExtractor:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``-style names (ONNX
             Runtime: CUDA when onnxruntime-gpu provides it).
         batch_size: images per forward pass.
+        imports: the plugin modules (backbones, poolings...) to import, e.g.
+            ``("my_project.backbones",)``. A run's ``config.yaml`` may list ``IMPORTS``;
+            importing a module runs its code, so a config file's list is imported only
+            when you name the modules here (your list replaces the file's). By default a
+            config file that lists ``IMPORTS`` is refused with one line naming them.
+            For a config tree, these modules are imported. Not used with ``.onnx``.
 
     Raises:
         ReidError: a missing or unreadable config, checkpoint or graph, no weights to
-            load, weights that do not fit the configured model, or a bad argument.
+            load, weights that do not fit the configured model, a bad argument, or a
+            config file listing ``IMPORTS`` not named in ``imports``.
     """
 
     def __init__(
@@ -75,6 +83,8 @@ class FeatureExtractor:
         weights: str | Path | None = None,
         device: str = "auto",
         batch_size: int = 64,
+        *,
+        imports: Sequence[str] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ReidError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -87,7 +97,7 @@ class FeatureExtractor:
             self.device = torch.device(self.backend.device)
             self.source = Path(model)
         else:
-            cfg, weights = resolve_run(model, weights)
+            cfg, weights = resolve_run(model, weights, imports=imports)
             self.device = resolve_device(device)
             trained = build_trained_model(cfg, weights)
             self.backend = DeployModel(
@@ -150,9 +160,27 @@ class FeatureExtractor:
         return feats.clone()
 
 
-def resolve_run(source: str | Path | CfgNode, weights: str | Path | None) -> tuple[CfgNode, Path]:
-    """The config tree and the checkpoint path that ``FeatureExtractor`` loads."""
+def resolve_run(
+    source: str | Path | CfgNode,
+    weights: str | Path | None,
+    imports: Sequence[str] | None = None,
+) -> tuple[CfgNode, Path]:
+    """The config tree and the checkpoint path that ``FeatureExtractor`` loads.
+
+    A config file's ``IMPORTS`` are imported only when named in ``imports`` (see
+    :class:`FeatureExtractor`); for a config tree, ``imports`` are imported.
+    """
+    if imports is not None and (
+        not isinstance(imports, list | tuple) or not all(isinstance(n, str) for n in imports)
+    ):
+        raise ReidError(
+            f"imports must be a list of module names such as ['my_project.backbones'], "
+            f"got {imports!r}"
+        )
+    # Passed as an IMPORTS override: what the user names replaces the file's list.
+    opts = () if imports is None else ("IMPORTS", json.dumps(list(imports)))
     if isinstance(source, CfgNode):
+        import_plugins(imports or ())
         cfg = source
     elif not isinstance(source, str | Path):
         raise ReidError(
@@ -162,7 +190,9 @@ def resolve_run(source: str | Path | CfgNode, weights: str | Path | None) -> tup
     else:
         path = Path(source)
         if path.is_dir():
-            cfg = load_cfg(path / "config.yaml")
+            cfg = load_cfg(
+                path / "config.yaml", opts, trust_file_imports=False, opt_in=_imports_opt_in
+            )
             if weights is None:
                 found = [path / name for name in RUN_DIR_WEIGHTS if (path / name).is_file()]
                 if not found:
@@ -172,7 +202,7 @@ def resolve_run(source: str | Path | CfgNode, weights: str | Path | None) -> tup
                     )
                 weights = found[0]
         elif path.is_file():
-            cfg = load_cfg(path)
+            cfg = load_cfg(path, opts, trust_file_imports=False, opt_in=_imports_opt_in)
         else:
             raise ReidError(f"config file or run directory not found: {path}")
     if weights is None:
@@ -180,6 +210,12 @@ def resolve_run(source: str | Path | CfgNode, weights: str | Path | None) -> tup
         if not weights:
             raise ReidError("no weights to load: pass weights=path/to/checkpoint.pth")
     return cfg, Path(weights)
+
+
+def _imports_opt_in(modules: list[str]) -> str:
+    """How a user of the extractor or of the tools built on it allows a file's plugins."""
+    names = ",".join(map(str, modules))
+    return f"pass imports={modules!r} (FeatureExtractor) or --imports {names} (export, search)"
 
 
 def _as_list(images: Any) -> list[Any]:
@@ -212,6 +248,14 @@ def _check_item(index: int, item: Any) -> None:
             )
     elif not isinstance(item, Image.Image):
         raise ReidError(f"image {index}: expected {_EXPECTED}; got {type(item).__name__}")
+    if isinstance(item, str | Path):
+        return  # read (and checked) later
+    if isinstance(item, Image.Image):
+        width, height = item.size
+    else:
+        height, width = item.shape[:2] if isinstance(item, np.ndarray) else item.shape[1:]
+    if not (width and height):
+        raise ReidError(f"image {index}: has size {width}x{height}; expected a non-empty image")
 
 
 def _to_pil(index: int, item: ImageInput) -> Image.Image:
@@ -229,4 +273,4 @@ def _to_pil(index: int, item: ImageInput) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(item))
     if isinstance(item, torch.Tensor):
         return Image.fromarray(item.permute(1, 2, 0).contiguous().cpu().numpy())
-    return item if item.mode == "RGB" else item.convert("RGB")
+    return to_rgb(item, f"{index}")

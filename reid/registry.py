@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from reid.errors import UnknownNameError
+from reid.errors import ReidError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -28,7 +28,9 @@ class Registry(Generic[T]):
 
         def decorator(obj: T) -> T:
             if name in self._entries:
-                raise KeyError(f"{self.kind} {name!r} is already registered")
+                raise ReidError(
+                    f"{self.kind} {name!r} is already registered; register yours under another name"
+                )
             self._entries[name] = obj
             return obj
 

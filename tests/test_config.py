@@ -1,3 +1,5 @@
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,7 @@ def test_unreadable_config_files_are_one_line(tmp_path: Path) -> None:
         (["LOSS.NAMES", "[triplet, triplet]"], r"with distinct names"),
         (["SOLVER.OPTIMIZER", "adamx"], r"SOLVER.OPTIMIZER must be one of adam, adamw, sgd"),
         (["IMPORTS", "[my_missing_plugin]"], r"IMPORTS: no module named 'my_missing_plugin'"),
+        (["IMPORTS", "[plugins/mine.py]"], r"IMPORTS must list module names .*'plugins/mine.py'"),
         (["LOSS.LABEL_SMOOTH", "1"], r"LOSS.LABEL_SMOOTH must be in \[0, 1\)"),
         (["TEST.RERANK_LAMBDA", "1.5"], r"TEST.RERANK_LAMBDA must be in \[0, 1\]"),
         (["TEST.RERANK_K1", "0"], r"TEST.RERANK_K1 must be >= 1"),
@@ -176,3 +179,57 @@ def test_a_plugin_failing_to_import_is_one_line_naming_its_line(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"importing broken_plugin failed .*broken_plugin.py:2\)"):
         load_cfg(opts=["IMPORTS", "[broken_plugin]"])
+
+
+def _marker_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch, body: str = "") -> str:
+    """A plugin module in ``folder`` (made the current folder) that leaves a ``.ran``
+    file next to itself when imported; returns its name, new for each test."""
+    name = f"plugin_{uuid.uuid4().hex[:8]}"
+    marker = "from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n"
+    (folder / f"{name}.py").write_text(marker + body)
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # import_plugins adds the folder
+    return name
+
+
+def test_a_received_files_imports_run_only_when_given_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder's config.yaml names code: importing it runs the code, so it is
+    refused with one line saying how to allow it, unless the user lists it."""
+    name = _marker_plugin(tmp_path, monkeypatch)
+    path = _yaml(tmp_path, f"IMPORTS: [{name}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_cfg(path, trust_file_imports=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"cfg.yml lists IMPORTS [{name}]" in message
+    assert f'pass IMPORTS "[{name}]" on the command line' in message
+    assert not (tmp_path / f"{name}.ran").exists() and name not in sys.modules
+
+    cfg = load_cfg(path, ["IMPORTS", f"[{name}]"], trust_file_imports=False)
+    assert (tmp_path / f"{name}.ran").exists() and list(cfg.IMPORTS) == [name]
+
+
+def test_your_own_config_file_imports_its_plugins(tmp_path, monkeypatch) -> None:
+    """Training from your own config (the default) is unchanged."""
+    name = _marker_plugin(tmp_path, monkeypatch)
+    load_cfg(_yaml(tmp_path, f"IMPORTS: [{name}]\n"))
+    assert (tmp_path / f"{name}.ran").exists() and name in sys.modules
+
+
+def test_a_plugin_taking_a_built_in_name_is_one_line_naming_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shadow = (
+        "from reid.models.backbones import BACKBONES\n"
+        "BACKBONES.register('resnet50')(lambda last_stride=1: None)\n"
+    )
+    name = _marker_plugin(tmp_path, monkeypatch, shadow)
+    with pytest.raises(ConfigError) as info:
+        load_cfg(opts=["IMPORTS", f"[{name}]"])
+    # The plugin's line (4: after the two marker lines and the import), not the registry's.
+    expected = f"importing {name} failed ({tmp_path / name}.py:4): ReidError: backbone 'resnet50' "
+    assert str(info.value) == (
+        f"IMPORTS: {expected}is already registered; register yours under another name"
+    )

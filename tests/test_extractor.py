@@ -1,5 +1,7 @@
 """FeatureExtractor on a tiny untrained resnet18 run directory written on the fly."""
 
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +183,43 @@ def test_unreadable_file_names_the_item(extractor, pictures, tmp_path) -> None:
         extractor([pictures[0], pictures[1], broken])
     with pytest.raises(ReidError, match="got dict"):
         extractor({"a": 1})
+
+
+def test_a_run_folders_plugins_are_imported_only_when_named(
+    extractor, run_dir, pictures, tmp_path, monkeypatch
+) -> None:
+    """A shared run folder whose config.yaml lists a plugin: importing it would run its
+    code, so the extractor refuses until the user names the module in ``imports``."""
+    name = f"plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "from pathlib import Path\n"
+        "from reid.models.backbones import BACKBONES\n"
+        "Path(__file__).with_suffix('.ran').touch()\n"
+        f"BACKBONES.register({name!r})(BACKBONES.get('resnet18'))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    cfg = load_cfg(opts=OPTS).clone()
+    cfg.defrost()
+    cfg.IMPORTS, cfg.MODEL.BACKBONE = [name], name
+    shared = tmp_path / "shared_run"
+    shared.mkdir()
+    (shared / "config.yaml").write_text(cfg.dump())
+    (shared / "best.pth").write_bytes((run_dir / "best.pth").read_bytes())
+
+    for source in (shared, shared / "config.yaml"):
+        with pytest.raises(ReidError) as info:
+            FeatureExtractor(source, weights=shared / "best.pth", device="cpu")
+        assert str(info.value) == (
+            f"{shared / 'config.yaml'} lists IMPORTS [{name}]: plugin code named in a file is "
+            f"not run unless you allow it; to run it, pass imports=['{name}'] "
+            f"(FeatureExtractor) or --imports {name} (export, search)"
+        )
+    assert not (tmp_path / f"{name}.ran").exists() and name not in sys.modules
+    with pytest.raises(ReidError, match=r"imports must be a list of module names .*got 'plug"):
+        FeatureExtractor(shared, imports=name)
+
+    allowed = FeatureExtractor(shared, device="cpu", imports=[name])
+    assert (tmp_path / f"{name}.ran").exists()
+    # The plugin's backbone is resnet18 under another name: the same weights, features.
+    torch.testing.assert_close(allowed(pictures), extractor(pictures))

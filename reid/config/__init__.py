@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,39 +43,71 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_cfg(path: str | Path | None = None, opts: Sequence[str] = ()) -> CN:
+def load_cfg(
+    path: str | Path | None = None,
+    opts: Sequence[str] = (),
+    *,
+    trust_file_imports: bool = True,
+    opt_in: Callable[[list[str]], str] | None = None,
+) -> CN:
     """Builds the frozen config: defaults, then the YAML file, then ``KEY VALUE`` pairs.
 
     Args:
         path: a YAML file listing only the keys that differ from the defaults.
         opts: flat command-line overrides, e.g. ``["SOLVER.BASE_LR", "0.001"]``;
             values are parsed as YAML (``true``, ``[256, 128]``, ``1e-3``).
+        trust_file_imports: import the plugin modules that the file's ``IMPORTS`` lists
+            (your own config). False for a file you received, such as a run folder's
+            ``config.yaml``: then only an ``IMPORTS`` given in ``opts`` is imported (it
+            replaces the file's list), and a file that lists modules without one is
+            refused, since importing a module runs its code.
+        opt_in: how the caller's user allows a file's modules, for that refusal, e.g.
+            ``lambda modules: f"pass imports={modules}"``; by default an ``IMPORTS``
+            override on the command line.
 
     Returns:
         The validated, frozen config.
 
     Raises:
         ConfigError: a missing file, a YAML syntax error, an unknown key (with the
-            closest valid keys), a value of the wrong type or outside its choices.
+            closest valid keys), a value of the wrong type or outside its choices, a
+            plugin that fails to import, or a distrusted file that lists ``IMPORTS``.
     """
     cfg = get_default_cfg()
     if path is not None:
         _merge(cfg, _migrate(_flatten(_read_yaml(Path(path))), str(path)), source=str(path))
+    listed = list(cfg.IMPORTS)
     overrides = _migrate(_pair_overrides(opts, _all_keys(cfg)), "command line")
     _merge(cfg, overrides, source="command line")
+    if listed and not trust_file_imports and "IMPORTS" not in overrides:
+        hint = (opt_in or _imports_override)(listed)
+        raise ConfigError(
+            f"{path} lists IMPORTS [{', '.join(map(str, listed))}]: plugin code named in a "
+            f"file is not run unless you allow it; to run it, {hint}"
+        )
     import_plugins(cfg.IMPORTS)
     _check(cfg)
     cfg.freeze()
     return cfg
 
 
+def _imports_override(modules: list[str]) -> str:
+    return f'pass IMPORTS "[{", ".join(map(str, modules))}]" on the command line'
+
+
 def import_plugins(modules: Sequence[str]) -> None:
     """Imports the ``IMPORTS`` modules, from the current folder or ``PYTHONPATH``.
 
     Raises:
-        ConfigError: a module that cannot be found, or that fails while importing (the
-            message names its file and line).
+        ConfigError: a name that is not a module name, a module that cannot be found,
+            or one that fails while importing, such as one registering a name that is
+            taken (the message names its file and line).
     """
+    for name in modules:
+        if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(
+                f"IMPORTS must list module names such as my_project.backbones; got {name!r}"
+            )
     if modules and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # tools/*.py put their own folder there instead
     for name in modules:
@@ -88,14 +120,20 @@ def import_plugins(modules: Sequence[str]) -> None:
                 f"IMPORTS: no module named {name!r} in the current folder ({os.getcwd()}) "
                 "or on PYTHONPATH"
             ) from None
-        except Exception as err:  # a plugin's own bug: one line that says where
+        except (Exception, SystemExit) as err:  # a plugin's own bug, or a script's exit
             raise _plugin_error(name, err) from None
 
 
 def _plugin_error(name: str, err: BaseException) -> ConfigError:
+    # The plugin's own line, not the registry's or importlib's that raised on its behalf
+    # (a name already registered fails inside Registry.register).
     frames = traceback.extract_tb(err.__traceback__)
-    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return ConfigError(f"IMPORTS: importing {name} failed{where}: {type(err).__name__}: {err}")
+    package = str(Path(__file__).parents[1]) + os.sep
+    own = [f for f in frames if not f.filename.startswith((package, "<"))] or frames
+    where = f" ({own[-1].filename}:{own[-1].lineno})" if own else ""
+    # KeyError's str() quotes its message; show the message as written.
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+    return ConfigError(f"IMPORTS: importing {name} failed{where}: {type(err).__name__}: {text}")
 
 
 # The loss weights of earlier versions, now LOSS.NAMES / LOSS.WEIGHTS, with their defaults.
@@ -142,11 +180,27 @@ def _pair_overrides(opts: Sequence[str], keys: list[str]) -> dict[str, Any]:
     return overrides
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (where the plain
+    loader silently keeps the later value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key} is set twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); expected YAML") from None
     except OSError as err:
@@ -326,10 +380,6 @@ def _check(cfg: CN) -> None:
         raise ConfigError(
             f"DATALOADER.NUM_INSTANCES 1 gives the {pairwise[0]} loss no positive pairs: "
             "expected K >= 2 images per identity"
-        )
-    if not all(isinstance(name, str) and name for name in cfg.IMPORTS):
-        raise ConfigError(
-            f"IMPORTS must list module names such as my_project.backbones; got {cfg.IMPORTS}"
         )
 
 

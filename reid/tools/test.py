@@ -1,10 +1,14 @@
 """Evaluate a checkpoint: python tools/test.py --config FILE TEST.WEIGHT CKPT [KEY VALUE ...]
 
 Results go to OUTPUT_DIR/test/ (metrics.json, log.txt, TensorBoard) and pictures to
-OUTPUT_DIR/visual/, never over a training's files.
+OUTPUT_DIR/visual/, never over a training's files. Flags may come before, between or
+after the KEY VALUE overrides.
+
+The config file may come from someone else (a run folder's config.yaml): the plugin
+modules its IMPORTS lists are not imported, since importing runs their code. Allow
+them by giving IMPORTS on the command line, e.g. IMPORTS "[my_project.backbones]".
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,7 @@ from reid.errors import ReidError
 from reid.evaluation import Ranking, build_eval_options, extract_features
 from reid.evaluation.evaluator import summarize
 from reid.evaluation.report import format_results, write_metrics
-from reid.utils.cli import run_cli
+from reid.utils.cli import ToolParser, run_cli
 from reid.utils.env import resolve_device
 from reid.utils.io import make_output_dir
 from reid.utils.logging import setup_logging
@@ -32,12 +36,11 @@ from reid.utils.visualization import (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ToolParser(__doc__, overrides=True)
     parser.add_argument("--config", required=True, help="YAML file of keys that differ")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
 
-    cfg = load_cfg(args.config, args.opts)
+    cfg = load_cfg(args.config, args.opts, trust_file_imports=False)
     if not cfg.TEST.WEIGHT:
         raise ReidError("no checkpoint to evaluate: pass TEST.WEIGHT path/to/best.pth")
     out = make_output_dir(Path(cfg.OUTPUT_DIR) / "test")

@@ -1,9 +1,11 @@
-"""Train a ReID model: python tools/train.py --config FILE [--resume|--overwrite] [KEY VALUE ...]
+"""Train a ReID model: python tools/train.py --config FILE [KEY VALUE ...] [--resume|--overwrite]
+
+Flags may come before, between or after the KEY VALUE overrides. The config file is
+your own: the plugin modules its IMPORTS lists are imported.
 
 On several GPUs or machines: torchrun --nproc_per_node N tools/train.py ... (same arguments).
 """
 
-import argparse
 import logging
 
 from reid.config import load_cfg, resume_conflicts
@@ -18,7 +20,7 @@ from reid.losses import build_loss
 from reid.models import build_model
 from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
 from reid.utils import distributed
-from reid.utils.cli import run_cli
+from reid.utils.cli import ToolParser, run_cli
 from reid.utils.env import seed_everything
 from reid.utils.logging import setup_logging
 
@@ -29,13 +31,12 @@ RESUME_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "loss", "epoch", 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ToolParser(__doc__, overrides=True)
     parser.add_argument("--config", required=True, help="YAML file of keys that differ")
     parser.add_argument("--resume", action="store_true", help="continue OUTPUT_DIR/last.pth")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
 
     cfg = load_cfg(args.config, args.opts)
@@ -63,7 +64,7 @@ def main() -> None:
             model,
             loss_fn,
             optimizer,
-            build_scheduler(cfg, optimizer, len(train_loader)),
+            build_scheduler(cfg, optimizer),
             train_loader,
             device=device,
             max_epochs=cfg.SOLVER.MAX_EPOCHS,
