@@ -128,12 +128,18 @@ def export_onnx(module: DeployModel, metadata: OnnxMetadata, out: Path, opset: i
         opset: ONNX opset; None lets torch choose.
 
     Raises:
-        ReidError: onnx / onnxscript missing, or the exporter failed.
+        ReidError: onnx / onnxscript missing, the exporter failed, or it could not
+            write the asked opset.
     """
     onnx = _import_optional("onnx")
     _import_optional("onnxscript")  # torch.onnx's exporter builds the graph with it
     height, width = metadata.input_size
     example = torch.zeros(2, 3, height, width, dtype=torch.uint8)
+    # An opset torch cannot convert to is logged by onnxscript with a traceback; the
+    # opset check below says it in one line instead.
+    converter = logging.getLogger("onnxscript.version_converter")
+    level = converter.level
+    converter.setLevel(logging.ERROR)
     try:
         torch.onnx.export(
             module.eval(),
@@ -149,7 +155,15 @@ def export_onnx(module: DeployModel, metadata: OnnxMetadata, out: Path, opset: i
         )
     except Exception as err:  # the exporter raises many types
         raise ReidError(f"ONNX export failed: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        converter.setLevel(level)
     graph = onnx.load(str(out))
+    written = next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset is not None and written != opset:  # torch falls back to its lowest quietly
+        raise ReidError(
+            f"--opset {opset} cannot be honoured: torch's exporter wrote opset {written}; "
+            f"ask for {written} or more, or leave --opset out"
+        )
     for key, value in metadata.to_props().items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value

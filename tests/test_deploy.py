@@ -1,5 +1,6 @@
 """Export to ONNX with its parity check, ONNX Runtime features, and gallery search."""
 
+import copy
 import json
 import re
 import shutil
@@ -14,9 +15,11 @@ from tiny_run import ROOT, error_line, run, run_tool
 
 from reid import FeatureExtractor
 from reid.config import load_cfg
+from reid.data.synthetic import IMAGE_HEIGHT, IMAGE_WIDTH, draw_pedestrians
 from reid.errors import ReidError
 from reid.models import build_model
 from reid.search import find_images, index_gallery
+from reid.tools import export as export_tool
 
 README = (ROOT / "README.md").read_text()
 OPTS = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.DEVICE", "cpu"]
@@ -43,6 +46,7 @@ def test_export_passes_its_parity_check(exports, flip: bool) -> None:
         r"max \|diff\| (\S+) .* min cosine (\S+) .* identical top-10 rankings (\d+)/(\d+)", stdout
     )
     assert figures, stdout
+    assert re.search(r"^parity images: \d+ from the dataset synthetic at \S+data$", stdout, re.M)
     assert float(figures[1]) <= 1e-4 and float(figures[2]) >= 0.99999
     assert figures[3] == figures[4] and int(figures[4]) > 0
     import onnxruntime
@@ -181,3 +185,162 @@ def test_console_scripts_are_the_tools() -> None:
     for name in ("train", "test", "export", "search"):
         assert f'reid-{name} = "reid.tools.{name}:cli"' in scripts
         assert f"from reid.tools.{name} import cli" in (ROOT / "tools" / f"{name}.py").read_text()
+
+
+# --- export anywhere: parity images without the dataset, the run's flip, a failing gate ---
+
+
+@pytest.fixture(scope="module")
+def portable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny run evaluated with TEST.FLIP whose synthetic dataset was removed."""
+    tmp = tmp_path_factory.mktemp("portable")
+    cfg = load_cfg(
+        opts=[*OPTS, "TEST.FLIP", "True", "DATASETS.NAME", "synthetic"]
+        + ["DATASETS.SYNTHETIC.NUM_IDENTITIES", "12", "DATASETS.ROOT", str(tmp / "removed")]
+    )
+    model = build_model(cfg, num_classes=6, load_pretrained_weights=False)
+    (tmp / "run").mkdir()
+    (tmp / "run" / "config.yaml").write_text(cfg.dump())
+    torch.save({"model": model.state_dict()}, tmp / "run" / "best.pth")
+    return tmp / "run"
+
+
+def export(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """tools/export.py run in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["export.py", *args])
+    code = export_tool.cli()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def onnx_session(path: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path))
+
+
+# Three random uint8 images at the runs' input size, (N, 3, H, W).
+PIXELS = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 16), dtype=np.uint8)
+
+
+def mirror_gap(path: Path) -> float:
+    """Largest feature change when the images are mirrored: 0 when flip averaging is inside."""
+    session = onnx_session(path)
+    plain = session.run(["features"], {"images": PIXELS})[0]
+    mirrored = session.run(["features"], {"images": np.ascontiguousarray(PIXELS[..., ::-1])})[0]
+    return float(np.abs(plain - mirrored).max())
+
+
+def graph_flip(path: Path) -> bool:
+    """The ``flip`` that the graph's metadata records."""
+    return json.loads(onnx_session(path).get_modelmeta().custom_metadata_map["flip"])
+
+
+def test_drawn_pedestrians_are_deterministic_identities() -> None:
+    first, again = draw_pedestrians(3, 2, seed=1), draw_pedestrians(3, 2, seed=1)
+    assert [pid for pid, _ in first] == [1, 1, 2, 2, 3, 3]
+    for (_, a), (_, b) in zip(first, again, strict=True):
+        assert a.mode == "RGB" and a.size == (IMAGE_WIDTH, IMAGE_HEIGHT)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    other = draw_pedestrians(3, 2, seed=2)
+    assert not np.array_equal(np.asarray(first[0][1]), np.asarray(other[0][1]))
+    with pytest.raises(ReidError, match="images_per_identity=0"):
+        draw_pedestrians(3, 0)
+
+
+@pytest.mark.slow
+def test_export_without_the_dataset_checks_on_drawn_pedestrians_with_the_runs_flip(
+    portable_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "model.onnx"
+    code, stdout, stderr = export(
+        monkeypatch, capsys, "--run", str(portable_run), "--out", str(out)
+    )
+    assert code == 0, stderr[-2000:]
+    removed = load_cfg(portable_run / "config.yaml").DATASETS.ROOT
+    lines = stdout.splitlines()
+    assert lines[0] == (
+        f"parity images: 64 generated synthetic pedestrians (the dataset synthetic is not at "
+        f"{removed})"
+    )
+    assert lines[1].startswith("parity on 16 queries x 48 gallery images")
+    assert not Path(removed).exists()  # nothing drawn or written where the dataset was
+    # the run's TEST.FLIP: flip averaging inside, so a mirrored image has the same features
+    assert graph_flip(out) is True and mirror_gap(out) < 1e-5
+
+
+@pytest.mark.slow
+def test_export_checks_on_a_folder_of_images_and_honours_no_flip(
+    portable_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    folder = tmp_path / "my crops"
+    names = ["a/0.jpg", "a/b/é 1.png", "z.JPG", "c/2.bmp", "c/3.jpeg"]
+    for i, (_, image) in enumerate(draw_pedestrians(5, 2, seed=3)):
+        path = folder / f"{i}{names[i % 5]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.resize((40 + i, 90 + 3 * i)).save(path)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "model.onnx"
+    args = ["--run", str(portable_run), "--out", str(out), "--no-flip"]
+    code, stdout, stderr = export(monkeypatch, capsys, *args, "--parity-images", str(folder))
+    assert code == 0, stderr[-2000:]
+    lines = stdout.splitlines()
+    assert lines[0] == f"parity images: 10 from --parity-images {folder}"
+    # every fourth of the sorted paths is a query: the 1st, 5th and 9th of 10
+    assert lines[1].startswith("parity on 3 queries x 7 gallery images")
+    assert graph_flip(out) is False and mirror_gap(out) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_graph_with_other_features_fails_the_gate_and_writes_nothing(
+    portable_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real_export = export_tool.export_onnx
+    written = []
+
+    def export_perturbed(module, metadata, path: Path, opset) -> None:
+        """Exports a copy whose first convolution is off by a little noise."""
+        changed = copy.deepcopy(module)
+        weight = next(changed.parameters())
+        noise = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            weight.add_(0.05 * noise)
+        real_export(changed, metadata, path, opset)
+        written.append(path.is_file())
+
+    monkeypatch.setattr(export_tool, "export_onnx", export_perturbed)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "model.onnx"
+    code, stdout, stderr = export(
+        monkeypatch, capsys, "--run", str(portable_run), "--out", str(out)
+    )
+    assert written == [True]  # a graph was written, and the gate had to remove it
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: parity check failed, nothing written")
+    assert "parity on 16 queries x 48 gallery images" in stdout
+    assert list(folder.iterdir()) == []  # nothing at --out, and no temporary file
+
+
+def test_bad_parity_image_folders_are_one_line(
+    portable_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    empty, few, a_file = tmp_path / "empty", tmp_path / "few", tmp_path / "one.jpg"
+    (empty / "sub").mkdir(parents=True)
+    few.mkdir()
+    for i, (_, image) in enumerate(draw_pedestrians(1, 3)):
+        image.save(few / f"{i}.jpg")
+    Image.new("RGB", (16, 32)).save(a_file)
+    out = tmp_path / "model.onnx"
+    missing = tmp_path / "missing"
+    for folder, message in [
+        (missing, f"--parity-images {missing}: not found; expected a folder of images"),
+        (a_file, f"--parity-images {a_file}: is not a folder; expected a folder of images"),
+        (empty, f"--parity-images: no images (.bmp, .jpeg, .jpg, .png) in {empty}"),
+        (few, f"--parity-images {few}: 3 image(s), expected at least 4"),
+    ]:
+        args = ["--run", str(portable_run), "--out", str(out), "--parity-images", str(folder)]
+        code, _, stderr = export(monkeypatch, capsys, *args)
+        assert code == 2
+        assert stderr.strip().splitlines()[-1].startswith(f"error: {message}"), stderr[-500:]
+        assert not out.exists()

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from reid.data.layout import MARKET_SPLIT_DIRS
 from reid.errors import ReidError
 
-__all__ = ["GENERATOR_VERSION", "MANIFEST", "generate_synthetic"]
+__all__ = ["GENERATOR_VERSION", "MANIFEST", "draw_pedestrians", "generate_synthetic"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ _JPEG_QUALITY = 90
 _BATCH = 16  # distractor or junk images per task
 # Separate random streams, so that adding identities never changes the cameras.
 _IDENTITY, _DISTRACTOR, _JUNK, _CAMERA = range(4)
+_IN_MEMORY = 4  # draw_pedestrians: never the pixels of a generated dataset
 _VIEWS = ("front", "back", "left", "right")  # left/right: the way a profile faces
 _BACKDROPS = ("bricks", "shops", "foliage", "windows")
 _PATTERNS = ("plain", "hstripes", "vstripes", "zip", "logo", "checks")
@@ -614,6 +615,40 @@ def _finish(canvas: Image.Image, rng: np.random.Generator, cam: _Camera) -> byte
     buffer = io.BytesIO()
     Image.fromarray(out).save(buffer, format="JPEG", quality=_JPEG_QUALITY)
     return buffer.getvalue()
+
+
+def draw_pedestrians(
+    num_identities: int, images_per_identity: int, seed: int = 0, num_cameras: int = 6
+) -> list[tuple[int, Image.Image]]:
+    """A few pedestrians drawn in memory, for checks that need person crops but no dataset.
+
+    Identity ``pid`` (``1..num_identities``) is one appearance seen in
+    ``images_per_identity`` crops under random cameras of ``seed``'s camera set, drawn
+    like the dataset's but from a stream of their own. The same arguments give the same
+    pixels (for given numpy and Pillow versions).
+
+    Returns:
+        ``[(pid, RGB image of IMAGE_HEIGHT x IMAGE_WIDTH)]``, identity by identity.
+
+    Raises:
+        ReidError: a count below 1, ``num_cameras`` outside 1..9 or a negative seed.
+    """
+    if num_identities < 1 or images_per_identity < 1 or not 1 <= num_cameras <= 9 or seed < 0:
+        raise ReidError(
+            f"draw_pedestrians: got num_identities={num_identities}, "
+            f"images_per_identity={images_per_identity}, num_cameras={num_cameras}, "
+            f"seed={seed}; expected >= 1, >= 1, 1..9 and >= 0"
+        )
+    cameras = _camera_styles(seed, num_cameras)
+    drawn = []
+    for pid in range(1, num_identities + 1):
+        rng = np.random.default_rng((seed, _IN_MEMORY, pid))
+        appearance = _sample_appearance(rng)
+        for _ in range(images_per_identity):
+            cam = cameras[int(rng.integers(num_cameras))]
+            jpeg = _render(appearance, _choose_view(rng, cam), rng, cam)
+            drawn.append((pid, Image.open(io.BytesIO(jpeg)).convert("RGB")))
+    return drawn
 
 
 @dataclass(frozen=True)
