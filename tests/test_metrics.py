@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score
 
 from reid.errors import InputError
 from reid.evaluation.metrics import check_gallery_matches, evaluate_rank
+from reid.protocol import correct_matches, ignored
 
 # ---------------------------------------------------------------------------
 # Brute-force reference, written from the definitions
@@ -399,3 +400,113 @@ def test_check_gallery_matches_agrees_with_evaluation() -> None:
                 check_gallery_matches(*labels)
         outcomes.add(evaluable)
     assert outcomes == {True, False}
+
+
+# ---------------------------------------------------------------------------
+# One rule (reid.protocol) for the metrics, the training pre-check and the pictures,
+# each checked against a brute force of the rule's definition.
+
+
+def reference_status(q_pid: int, q_cam: int, g_pid: int, g_cam: int) -> str:
+    """A gallery item for a query, from the README's definition: junk (pid -1) and the
+    query's identity seen by its own camera are left out; the query's identity seen by
+    another camera is a correct match; anything else (distractors too) is wrong."""
+    if g_pid == -1 or (g_pid == q_pid and g_cam == q_cam):
+        return "ignored"
+    return "correct" if g_pid == q_pid else "wrong"
+
+
+def protocol_labels(
+    rng: np.random.Generator, num_query: int, num_gallery: int, num_ids: int = 4
+) -> tuple[np.ndarray, ...]:
+    """Junk and distractors on both sides, and same-camera items of the query's pid."""
+    q_pids, g_pids = rng.integers(-1, num_ids, num_query), rng.integers(-1, num_ids, num_gallery)
+    q_cams, g_cams = rng.integers(0, 2, num_query), rng.integers(0, 2, num_gallery)
+    return q_pids, q_cams, g_pids, g_cams
+
+
+def reference_statuses(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
+    """(Q, G) statuses by a loop over every pair."""
+    return np.array(
+        [
+            [reference_status(*query, *item) for item in zip(g_pids, g_cams, strict=True)]
+            for query in zip(q_pids, q_cams, strict=True)
+        ]
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_protocol_rule_matches_its_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    q_pids, q_cams, g_pids, g_cams = protocol_labels(rng, 12, 40)
+    expected = reference_statuses(q_pids, q_cams, g_pids, g_cams)
+    assert {"ignored", "correct", "wrong"} == set(expected.ravel())
+    # A block of queries against the whole gallery: (Q, G).
+    np.testing.assert_array_equal(ignored(q_pids, q_cams, g_pids, g_cams), expected == "ignored")
+    correct = correct_matches(q_pids, q_cams, g_pids, g_cams)
+    np.testing.assert_array_equal(correct, expected == "correct")
+    # One query: (G,).
+    for q in range(len(q_pids)):
+        row = ignored(q_pids[q], q_cams[q], g_pids, g_cams)
+        assert row.shape == g_pids.shape
+        np.testing.assert_array_equal(row, expected[q] == "ignored")
+    # Gallery items chosen per query, as the metrics pass them: (Q, 7).
+    cols = rng.integers(0, len(g_pids), (len(q_pids), 7))
+    chosen = ignored(q_pids, q_cams, g_pids[cols], g_cams[cols])
+    np.testing.assert_array_equal(chosen, np.take_along_axis(expected, cols, 1) == "ignored")
+
+
+def test_check_gallery_matches_follows_the_definition() -> None:
+    """Raises exactly when no query has a correct match, distractor queries included."""
+    rng = np.random.default_rng(1)
+    outcomes = set()
+    for _ in range(300):
+        q_pids, q_cams, g_pids, g_cams = protocol_labels(rng, 3, 5, num_ids=3)
+        statuses = reference_statuses(q_pids, q_cams, g_pids, g_cams)
+        has_match = bool((statuses == "correct").any())
+        if has_match:
+            check_gallery_matches(q_pids, g_pids, q_cams, g_cams)
+        else:
+            with pytest.raises(InputError, match="no query has a correct match"):
+                check_gallery_matches(q_pids, g_pids, q_cams, g_cams)
+        outcomes.add(has_match)
+    assert outcomes == {True, False}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_metrics_and_pictures_follow_the_definition(seed: int) -> None:
+    """evaluate_rank and the ranked-list pictures on labels where every case occurs."""
+    from reid.utils.visualization import _rank_entries
+
+    rng = np.random.default_rng(seed)
+    q_pids, q_cams, g_pids, g_cams = protocol_labels(rng, 30, 80, num_ids=6)
+    dist = np.round(rng.random((30, 80)) * 10) / 10  # ties too
+    statuses = reference_statuses(q_pids, q_cams, g_pids, g_cams)
+    # The metrics, from the ranks of the correct matches among the kept items.
+    cmcs, aps, inps = [], [], []
+    for q in range(len(q_pids)):
+        ranked = [statuses[q, g] for g in np.argsort(dist[q], kind="stable")]
+        kept = [status for status in ranked if status != "ignored"]
+        ranks = [r for r, status in enumerate(kept, start=1) if status == "correct"]
+        if ranks:
+            cmcs.append([ranks[0] <= k for k in range(1, 11)])
+            aps.append(np.mean([i / r for i, r in enumerate(ranks, start=1)]))
+            inps.append(len(ranks) / ranks[-1])
+    cmc, mean_ap, minp = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    np.testing.assert_allclose(cmc, np.mean(cmcs, axis=0), atol=1e-12)
+    assert mean_ap == pytest.approx(np.mean(aps), abs=1e-12)
+    assert minp == pytest.approx(np.mean(inps), abs=1e-12)
+    # The pictures: each query's walk down its ranking, 5 counted items and 5 ignored.
+    for q in range(len(q_pids)):
+        expected, rank, left_out = [], 0, 0
+        for g in np.argsort(dist[q], kind="stable"):
+            if statuses[q, g] == "ignored":
+                expected += [(int(g), "ignored", 0)] if left_out < 5 else []
+                left_out += 1
+                continue
+            rank += 1
+            expected.append((int(g), str(statuses[q, g]), rank))
+            if rank == 5:
+                break
+        got = _rank_entries(dist[q], q_pids[q], q_cams[q], g_pids, g_cams, topk=5)
+        assert got == expected, q

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from reid.errors import InputError
-from reid.protocol import JUNK_PID
+from reid.protocol import JUNK_PID, correct_matches, ignored
 
 logger = logging.getLogger(__name__)
 
@@ -146,16 +145,20 @@ class MarketRanker:
     ) -> None:
         q_pids, g_pids, q_cams, g_cams = as_label_set((q_pids, g_pids, q_camids, g_camids))
         self.num_query, self.num_gallery = q_pids.size, g_pids.size
+        self._q_pids, self._g_pids = q_pids, g_pids
         self._q_cams, self._g_cams = q_cams, g_cams
+        # Junk is what the protocol leaves out of every ranking, whatever the query.
         self._g_nonjunk = g_pids != JUNK_PID
         self._keep_cols = None if self._g_nonjunk.all() else np.flatnonzero(self._g_nonjunk)
         self.num_kept = int(self._g_nonjunk.sum())
         # Each query's own-identity columns: order[start : start + count], ascending.
+        # Besides junk, the protocol leaves out or counts as matches only columns of the
+        # query's own identity (reid.protocol.ignored), so only these need its rule.
         self._order = np.argsort(g_pids, kind="stable")
         sorted_pids = g_pids[self._order]
         self._start = np.searchsorted(sorted_pids, q_pids, side="left")
         self._count = np.searchsorted(sorted_pids, q_pids, side="right") - self._start
-        self._count[q_pids == JUNK_PID] = 0  # a junk query only matches removed junk
+        self._count[q_pids == JUNK_PID] = 0  # its own-identity columns are junk, all left out
         # Per query: correct matches, first and last hit rank, AP (both conventions).
         self.num_pos = np.zeros(self.num_query, dtype=np.int64)
         self.first_rank = np.zeros(self.num_query, dtype=np.int64)
@@ -237,8 +240,10 @@ class MarketRanker:
         values = np.take_along_axis(values, order, axis=1)
         cols = np.take_along_axis(same_cols, order, axis=1)
         in_group = np.take_along_axis(in_group, order, axis=1)
-        same_cam = self._g_cams[cols] == self._q_cams[start:stop, None]
-        is_pos, is_removed = in_group & ~same_cam, in_group & same_cam
+        query = (self._q_pids[start:stop], self._q_cams[start:stop])
+        labels = (*query, self._g_pids[cols], self._g_cams[cols])
+        is_pos = in_group & correct_matches(*labels)
+        is_removed = in_group & ignored(*labels)
         removed_before = np.cumsum(is_removed, axis=1) - is_removed
         hit_index = np.cumsum(is_pos, axis=1)
 
@@ -305,18 +310,24 @@ def check_gallery_matches(
     q_camids: np.ndarray | torch.Tensor,
     g_camids: np.ndarray | torch.Tensor,
 ) -> None:
-    """Raises InputError unless some query has a gallery item of its pid that the
-    protocol keeps (:func:`reid.protocol.ignored`): a cheap check from the labels alone,
-    which training runs before its first epoch."""
+    """Raises InputError unless some query has a correct match in the gallery
+    (:func:`reid.protocol.correct_matches`): a cheap check from the labels alone, which
+    training runs before its first epoch.
+
+    Labels are (num_query,) and (num_gallery,). The rule is applied to distinct
+    ``(pid, camera)`` pairs of the same pid only, so the cost is a sort of the labels.
+    """
     labels = as_label_set((q_pids, g_pids, q_camids, g_camids))
-    q_pids, g_pids, q_camids, g_camids = (array.tolist() for array in labels)
-    items = [(pid, cam) for pid, cam in zip(g_pids, g_camids, strict=True) if pid != JUNK_PID]
-    per_pid, per_pid_and_camera = Counter(pid for pid, _ in items), Counter(items)
-    if not any(
-        pid != JUNK_PID and per_pid[pid] > per_pid_and_camera[(pid, cam)]
-        for pid, cam in zip(q_pids, q_camids, strict=True)
-    ):
-        raise InputError(_no_match_message(len(q_pids)))
+    queries = np.unique(np.stack([labels[0], labels[2]], axis=1), axis=0)  # (pid, cam) rows
+    items = np.unique(np.stack([labels[1], labels[3]], axis=1), axis=0)  # sorted by pid
+    # A correct match has the query's pid: pair each query with its pid's gallery rows.
+    first = np.searchsorted(items[:, 0], queries[:, 0], side="left")
+    count = np.searchsorted(items[:, 0], queries[:, 0], side="right") - first
+    query_rows = np.repeat(np.arange(len(queries)), count)
+    item_rows = np.arange(count.sum()) + np.repeat(first - (np.cumsum(count) - count), count)
+    query, item = queries[query_rows], items[item_rows, :, None]  # (P, 2), (P, 2, 1)
+    if not correct_matches(query[:, 0], query[:, 1], item[:, 0], item[:, 1]).any():
+        raise InputError(_no_match_message(labels[0].size))
 
 
 def _no_match_message(num_query: int) -> str:

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from reid.data.datasets import Record
 from reid.data.image_dataset import read_image
 from reid.errors import InputError
-from reid.protocol import DISTRACTOR_PID, JUNK_PID, ignored
+from reid.protocol import DISTRACTOR_PID, JUNK_PID, correct_matches, ignored
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -179,6 +179,7 @@ def _rank_entries(
     entries: list[tuple[int, str, int]] = []
     rank = num_ignored = 0
     left_out = ignored(q_pid, q_camid, g_pids, g_camids)
+    correct = correct_matches(q_pid, q_camid, g_pids, g_camids)
     for g_index in np.argsort(distances, kind="stable"):
         if left_out[g_index]:
             if num_ignored < topk:
@@ -186,7 +187,7 @@ def _rank_entries(
             num_ignored += 1
             continue
         rank += 1
-        status = "correct" if g_pids[g_index] == q_pid else "wrong"
+        status = "correct" if correct[g_index] else "wrong"
         entries.append((int(g_index), status, rank))
         if rank == topk:
             break
