@@ -1,9 +1,11 @@
 """The one torch Dataset: opens the images that dataset records point to."""
 
+import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from reid.data.datasets import DatasetError, Record
 from reid.data.sampler import Sample
@@ -40,9 +42,44 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def read_image(path: str) -> Image.Image:
-    """Opens an image as RGB; a missing or corrupt file is a DatasetError naming it."""
+    """Opens an image file as the RGB picture a viewer shows (see :func:`to_rgb`).
+
+    Raises:
+        DatasetError: the file is missing, empty, corrupt, not an image, or holds pixels
+            that are not a picture (floating point); the message names the file.
+    """
     try:
+        if os.path.getsize(path) == 0:
+            raise DatasetError(f"cannot read image {path}: the file is empty (0 bytes)")
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(image), str(path))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot read image {path}: {err}") from None
+
+
+# Pillow's own conversion of 16-bit pixels to 8 bits clips at 255 instead of scaling,
+# turning a 16-bit PNG into a white picture; these modes are scaled by hand.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """An image as 8-bit RGB, whatever its mode (CMYK, palette, grayscale, 16-bit, alpha).
+
+    16-bit grayscale (``I;16*``, and ``I`` as Pillow opens 16-bit PGM/TIFF) is scaled from
+    0..65535 to 0..255, as a viewer shows it; alpha is dropped.
+
+    Raises:
+        DatasetError: floating-point pixels (mode ``F``), which have no fixed range.
+    """
+    if image.mode == "F":
+        raise DatasetError(
+            f"cannot read image {name}: it holds floating-point pixels (mode F), not a "
+            "picture; expected 8- or 16-bit RGB or grayscale"
+        )
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(values / 257), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns when a transparent palette goes to RGB
+    return image.convert("RGB")
