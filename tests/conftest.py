@@ -1,5 +1,7 @@
 """Shared fixtures: tiny image folders written on the fly."""
 
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,25 @@ def write_image(path: Path, color: tuple[int, int, int] = (120, 60, 30)) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 16), color).save(path)
     return path
+
+
+def marker_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch, body: str = "") -> str:
+    """A plugin module in ``folder`` (made the current folder) that leaves a ``.ran``
+    file next to itself when imported, then runs ``body``; returns its name, new for
+    each test."""
+    name = f"plugin_{uuid.uuid4().hex[:8]}"
+    marker = "from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n"
+    (folder / f"{name}.py").write_text(marker + body)
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # import_plugins adds the folder
+    return name
+
+
+# A plugin body registering resnet18 again under the plugin's own name.
+RESNET18_AS_PLUGIN = (
+    "from reid.models.backbones import BACKBONES\n"
+    "BACKBONES.register(Path(__file__).stem)(BACKBONES.get('resnet18'))\n"
+)
 
 
 @pytest.fixture

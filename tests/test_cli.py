@@ -6,12 +6,12 @@ import json
 import logging
 import re
 import sys
-import uuid
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import RESNET18_AS_PLUGIN, marker_plugin
 from tiny_run import error_line, run_tool
 
 from reid.config import load_cfg
@@ -168,15 +168,7 @@ def quiet_tools():
 def shared_run(tmp_path: Path, market_tree: Path, monkeypatch) -> tuple[Path, str]:
     """A run folder someone shared, whose config.yaml lists a plugin: a resnet18 under a
     new name that, when imported, leaves ``<name>.ran`` in the current folder."""
-    name = f"plugin_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
-        "from pathlib import Path\n"
-        "from reid.models.backbones import BACKBONES\n"
-        "Path(__file__).with_suffix('.ran').touch()\n"
-        f"BACKBONES.register({name!r})(BACKBONES.get('resnet18'))\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    name = marker_plugin(tmp_path, monkeypatch, RESNET18_AS_PLUGIN)
     run = tmp_path / "run"
     opts = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.DEVICE", "cpu",
             "DATASETS.NAME", "market_folder", "DATASETS.ROOT", str(market_tree),

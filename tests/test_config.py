@@ -1,8 +1,8 @@
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
+from conftest import marker_plugin
 
 from reid.config import ConfigError, load_cfg
 from reid.errors import ReidError
@@ -181,23 +181,12 @@ def test_a_plugin_failing_to_import_is_one_line_naming_its_line(tmp_path, monkey
         load_cfg(opts=["IMPORTS", "[broken_plugin]"])
 
 
-def _marker_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch, body: str = "") -> str:
-    """A plugin module in ``folder`` (made the current folder) that leaves a ``.ran``
-    file next to itself when imported; returns its name, new for each test."""
-    name = f"plugin_{uuid.uuid4().hex[:8]}"
-    marker = "from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n"
-    (folder / f"{name}.py").write_text(marker + body)
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # import_plugins adds the folder
-    return name
-
-
 def test_a_received_files_imports_run_only_when_given_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run folder's config.yaml names code: importing it runs the code, so it is
     refused with one line saying how to allow it, unless the user lists it."""
-    name = _marker_plugin(tmp_path, monkeypatch)
+    name = marker_plugin(tmp_path, monkeypatch)
     path = _yaml(tmp_path, f"IMPORTS: [{name}]\n")
     with pytest.raises(ConfigError) as info:
         load_cfg(path, trust_file_imports=False)
@@ -213,7 +202,7 @@ def test_a_received_files_imports_run_only_when_given_on_the_command_line(
 
 def test_your_own_config_file_imports_its_plugins(tmp_path, monkeypatch) -> None:
     """Training from your own config (the default) is unchanged."""
-    name = _marker_plugin(tmp_path, monkeypatch)
+    name = marker_plugin(tmp_path, monkeypatch)
     load_cfg(_yaml(tmp_path, f"IMPORTS: [{name}]\n"))
     assert (tmp_path / f"{name}.ran").exists() and name in sys.modules
 
@@ -225,7 +214,7 @@ def test_a_plugin_taking_a_built_in_name_is_one_line_naming_its_line(
         "from reid.models.backbones import BACKBONES\n"
         "BACKBONES.register('resnet50')(lambda last_stride=1: None)\n"
     )
-    name = _marker_plugin(tmp_path, monkeypatch, shadow)
+    name = marker_plugin(tmp_path, monkeypatch, shadow)
     with pytest.raises(ConfigError) as info:
         load_cfg(opts=["IMPORTS", f"[{name}]"])
     # The plugin's line (4: after the two marker lines and the import), not the registry's.

@@ -1,12 +1,12 @@
 """FeatureExtractor on a tiny untrained resnet18 run directory written on the fly."""
 
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import RESNET18_AS_PLUGIN, marker_plugin
 from PIL import Image
 
 from reid import FeatureExtractor
@@ -190,15 +190,7 @@ def test_a_run_folders_plugins_are_imported_only_when_named(
 ) -> None:
     """A shared run folder whose config.yaml lists a plugin: importing it would run its
     code, so the extractor refuses until the user names the module in ``imports``."""
-    name = f"plugin_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
-        "from pathlib import Path\n"
-        "from reid.models.backbones import BACKBONES\n"
-        "Path(__file__).with_suffix('.ran').touch()\n"
-        f"BACKBONES.register({name!r})(BACKBONES.get('resnet18'))\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    name = marker_plugin(tmp_path, monkeypatch, RESNET18_AS_PLUGIN)
     cfg = load_cfg(opts=OPTS).clone()
     cfg.defrost()
     cfg.IMPORTS, cfg.MODEL.BACKBONE = [name], name
