@@ -169,3 +169,27 @@ def test_cuhk03_np_reads_detected_or_labeled(tmp_path: Path) -> None:
     assert len(detected.gallery) == 24 and {r.camid for r in detected.gallery} == {0, 1}
     with pytest.raises(DatasetError, match="no detected/bounding_box_train"):
         DATASETS.get("cuhk03")(tmp_path / "cuhk03-np" / "labeled")
+
+
+def test_veri776_reads_its_folders_with_market_names(tmp_path: Path) -> None:
+    """VeRi-776's release: image_train/, image_query/, image_test/ of VVVV_cCCC_... names
+    (20 cameras, 3-digit ids); parsed exactly, under its usual folder name."""
+    root = tmp_path / "VeRi"
+    train = ["0001_c001_00016450_0.jpg", "0001_c012_00020590_1.jpg", "0776_c020_00000005_0.jpg"]
+    for name in train:
+        write_image(root / "image_train" / name)
+    write_image(root / "image_query" / "0002_c002_00030600_0.jpg")
+    write_image(root / "image_test" / "0002_c003_00084280_0.jpg")
+    write_image(root / "image_test" / "0002_c002_00030605_1.jpg")
+    (root / "name_train.txt").write_text("\n".join(train) + "\n")  # the release's lists: unused
+    dataset = DATASETS.get("veri776")(tmp_path)
+    assert [(Path(r.path).name, r.pid, r.camid) for r in dataset.train] == [
+        (train[0], 0, 0),
+        (train[1], 0, 11),
+        (train[2], 1, 19),
+    ]
+    assert [(r.pid, r.camid) for r in dataset.query] == [(2, 1)]
+    assert [(r.pid, r.camid) for r in dataset.gallery] == [(2, 1), (2, 2)]  # by file name
+    assert dataset.stats_table().startswith("dataset veri776")
+    with pytest.raises(DatasetError, match="no image_train in"):
+        DATASETS.get("veri776")(tmp_path / "VeRi" / "image_query")

@@ -55,7 +55,8 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 
 # ---------------------------------------------------------------------------
 _C.DATASETS = CN()
-# Name in reid.data.DATASETS: market1501, dukemtmc, msmt17, cuhk03, market_folder, synthetic.
+# Name in reid.data.DATASETS: market1501, dukemtmc, msmt17, cuhk03, veri776, market_folder,
+# synthetic.
 _C.DATASETS.NAME = "market1501"
 # The dataset folder, or a parent holding it under its usual name.
 _C.DATASETS.ROOT = "datasets"

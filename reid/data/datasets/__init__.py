@@ -1,6 +1,12 @@
 """Dataset registry. Each entry parses files into ``(path, pid, camid)`` records only."""
 
-from reid.data.datasets import cuhk03, market, msmt17, synthetic  # noqa: F401  (register entries)
+from reid.data.datasets import (  # noqa: F401  (register entries)
+    cuhk03,
+    market,
+    msmt17,
+    synthetic,
+    veri776,
+)
 from reid.data.datasets.base import DatasetError, Record, ReidDataset
 from reid.data.datasets.registry import DATASETS
 

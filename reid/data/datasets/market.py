@@ -46,9 +46,18 @@ def parse_market_dir(folder: Path) -> list[Record]:
     return records
 
 
-def read_market_layout(name: str, folder: Path) -> ReidDataset:
-    """Reads the three Market-layout split folders under ``folder``."""
-    splits = {split: parse_market_dir(folder / sub) for split, sub in SPLIT_DIRS.items()}
+def read_market_layout(
+    name: str, folder: Path, split_dirs: dict[str, str] = SPLIT_DIRS
+) -> ReidDataset:
+    """Reads the three split folders of Market-style names under ``folder``.
+
+    Args:
+        name: the dataset's name, for the statistics table.
+        folder: the dataset folder.
+        split_dirs: ``{"train": ..., "query": ..., "gallery": ...}`` folder names;
+            Market-1501's by default.
+    """
+    splits = {split: parse_market_dir(folder / sub) for split, sub in split_dirs.items()}
     return ReidDataset(name, **splits)
 
 
