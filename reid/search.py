@@ -19,6 +19,7 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from reid import __version__
+from reid.config import flatten
 from reid.data.datasets.market import IMAGE_SUFFIXES
 from reid.deploy import OnnxModel, file_sha256
 from reid.errors import ReidError
@@ -89,19 +90,9 @@ def feature_config(cfg: CfgNode) -> dict[str, Any]:
     """``{dotted key: value}`` of the :data:`FEATURE_KEYS` in ``cfg``."""
     return {
         key: value
-        for key, value in _flatten(cfg).items()
+        for key, value in flatten(cfg).items()
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in FEATURE_KEYS)
     }
-
-
-def _flatten(node: CfgNode, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for name, value in node.items():
-        if isinstance(value, CfgNode):
-            flat.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat
 
 
 def _digest(options: dict[str, Any]) -> str:

@@ -17,7 +17,14 @@ from yacs.config import CfgNode as CN
 from reid.config.defaults import get_default_cfg
 from reid.errors import ReidError, UnknownNameError
 
-__all__ = ["ConfigError", "config_differences", "get_default_cfg", "import_plugins", "load_cfg"]
+__all__ = [
+    "ConfigError",
+    "config_differences",
+    "flatten",
+    "get_default_cfg",
+    "import_plugins",
+    "load_cfg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ def load_cfg(
     """
     cfg = get_default_cfg()
     if path is not None:
-        _merge(cfg, _migrate(_flatten(_read_yaml(Path(path))), str(path)), source=str(path))
+        _merge(cfg, _migrate(flatten(_read_yaml(Path(path))), str(path)), source=str(path))
     listed = list(cfg.IMPORTS)
     overrides = _migrate(_pair_overrides(opts, _all_keys(cfg)), "command line")
     _merge(cfg, overrides, source="command line")
@@ -217,12 +224,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of the leaves of a nested mapping (a YAML tree, a config)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         full = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, prefix=f"{full}."))
+            flat.update(flatten(value, prefix=f"{full}."))
         else:
             flat[full] = value
     return flat

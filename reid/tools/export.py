@@ -29,7 +29,6 @@ from yacs.config import CfgNode
 from reid.data import build_dataset
 from reid.data.datasets import DatasetError
 from reid.data.synthetic import draw_pedestrians
-from reid.data.transforms import resize_for_test
 from reid.deploy import OnnxMetadata, compare_features, export_onnx, file_sha256
 from reid.errors import ReidError
 from reid.extractor import FeatureExtractor, ImageInput, resolve_run
@@ -132,16 +131,16 @@ def _parity_images(cfg: CfgNode, folder: str | None) -> tuple[list[ImageInput], 
     if folder is not None:
         paths = _folder_images(Path(folder))
         # Every fourth a query: 16 x 48 of 64, as from a dataset, and both spread over DIR.
-        queries, gallery = paths[::4], [p for i, p in enumerate(paths) if i % 4]
-        return queries + gallery, len(queries), f"{len(paths)} from --parity-images {folder}"
+        images, num_query = _queries_first(paths, every=4)
+        return images, num_query, f"{len(paths)} from --parity-images {folder}"
     name, root = cfg.DATASETS.NAME, Path(cfg.DATASETS.ROOT)
     # A missing root is checked first: the synthetic dataset would be drawn into it.
     if not root.is_dir():
-        return _drawn_images(cfg.INPUT.SIZE_TEST, f"the dataset {name} is not at {root}")
+        return _drawn_images(f"the dataset {name} is not at {root}")
     try:
         dataset = build_dataset(cfg)
     except DatasetError as err:
-        return _drawn_images(cfg.INPUT.SIZE_TEST, f"the dataset {name} is not usable: {err}")
+        return _drawn_images(f"the dataset {name} is not usable: {err}")
     queries = _spread([r.path for r in dataset.query], PARITY_QUERIES)
     gallery = _spread([r.path for r in dataset.gallery], PARITY_GALLERY)
     images = queries + gallery
@@ -165,14 +164,20 @@ def _folder_images(folder: Path) -> list[Path]:
     return _spread(paths, PARITY_QUERIES + PARITY_GALLERY)
 
 
-def _drawn_images(size: list[int], reason: str) -> tuple[list[ImageInput], int, str]:
-    """Synthetic pedestrians at the model's input size: one query per identity, then the rest."""
-    drawn = draw_pedestrians(SYNTHETIC_IDENTITIES, SYNTHETIC_VIEWS, seed=0)
-    images = [resize_for_test(image, size) for _, image in drawn]
-    queries = images[::SYNTHETIC_VIEWS]
-    gallery = [image for i, image in enumerate(images) if i % SYNTHETIC_VIEWS]
-    origin = f"{len(images)} generated synthetic pedestrians ({reason})"
-    return queries + gallery, len(queries), origin
+def _drawn_images(reason: str) -> tuple[list[ImageInput], int, str]:
+    """Synthetic pedestrians (the extractors resize them): one query per identity, then
+    the rest."""
+    drawn = [image for _, image in draw_pedestrians(SYNTHETIC_IDENTITIES, SYNTHETIC_VIEWS)]
+    images, num_query = _queries_first(drawn, every=SYNTHETIC_VIEWS)
+    return images, num_query, f"{len(drawn)} generated synthetic pedestrians ({reason})"
+
+
+def _queries_first(items: list, every: int) -> tuple[list, int]:
+    """Every ``every``-th item as a query, the others as the gallery: ``(queries then
+    gallery, number of queries)``."""
+    queries = items[::every]
+    gallery = [item for i, item in enumerate(items) if i % every]
+    return queries + gallery, len(queries)
 
 
 def _spread(items: list, count: int) -> list:
