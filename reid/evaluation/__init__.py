@@ -3,9 +3,11 @@
 from reid.evaluation.evaluator import (
     AqeOptions,
     EvalOptions,
+    ProtocolRanking,
     Ranking,
     RerankOptions,
     build_eval_options,
+    check_test_set,
     evaluate_model,
     extract_features,
 )
@@ -16,11 +18,13 @@ from reid.evaluation.rerank import alpha_query_expansion, re_ranking
 __all__ = [
     "AqeOptions",
     "EvalOptions",
+    "ProtocolRanking",
     "Ranking",
     "RerankOptions",
     "alpha_query_expansion",
     "build_eval_options",
     "check_gallery_matches",
+    "check_test_set",
     "evaluate_features",
     "evaluate_model",
     "evaluate_rank",

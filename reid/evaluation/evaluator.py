@@ -1,14 +1,17 @@
 """Evaluating a model: features of a query + gallery loader, then the test-time options
 (alpha-QE, re-ranking) and the ranking metrics.
 
-The features' path is one way: :func:`extract_features` -> :class:`Ranking` (query
-expansion, then either re-ranked distances or memory-bounded blocks) -> metrics.
+The features' path is one way: :func:`extract_features` -> :class:`ProtocolRanking` (the
+test set's protocol divides its images into splits) -> one :class:`Ranking` per split
+(query expansion, then either re-ranked distances or memory-bounded blocks) -> metrics,
+averaged over the splits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +21,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from reid.errors import InputError
 from reid.evaluation.feature_ranking import evaluate_features, pairwise_distance
-from reid.evaluation.metrics import evaluate_rank
+from reid.evaluation.metrics import check_gallery_matches, evaluate_rank
 from reid.evaluation.rerank import alpha_query_expansion, re_ranking
+from reid.protocol import PROTOCOLS
 from reid.utils import distributed
+
+if TYPE_CHECKING:
+    from reid.data.datasets import ReidDataset
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,74 @@ class Ranking:
         return self._reranked if rows is None else self._reranked[list(rows)]
 
 
+class ProtocolRanking:
+    """A test set's (N, D) features ranked under its protocol
+    (:data:`reid.protocol.PROTOCOLS`): one :class:`Ranking` per split of the images, the
+    metrics averaged over the splits.
+
+    Args:
+        feats, pids, camids, num_query: the test images as loaded, the ``num_query``
+            query records first.
+        protocol: the dataset's protocol name (``"market"``, ``"no_cameras"``,
+            ``"vehicleid"``, ...).
+        options, device: as :class:`Ranking`.
+
+    Attributes:
+        splits: the protocol's splits.
+        first: the ranking of the first split, kept (with its re-ranked distances) for
+            pictures of it; the other splits are ranked one at a time and let go.
+    """
+
+    def __init__(
+        self,
+        feats: torch.Tensor,
+        pids: np.ndarray,
+        camids: np.ndarray,
+        num_query: int,
+        protocol: str = "market",
+        options: EvalOptions = EvalOptions(),
+        device: torch.device | None = None,
+    ) -> None:
+        self.splits = PROTOCOLS.get(protocol)(np.asarray(pids), np.asarray(camids), num_query)
+        self._feats, self._pids = feats, np.asarray(pids)
+        self._options, self._device = options, device
+        self.first = self._ranking(0)
+
+    def _ranking(self, index: int) -> Ranking:
+        rows, num_query, camids = self.splits[index]
+        feat_rows = rows if isinstance(rows, slice) else torch.as_tensor(rows)
+        return Ranking(
+            self._feats[feat_rows], self._pids[rows], camids, num_query, self._options,
+            self._device,
+        )  # fmt: skip
+
+    def metrics(self, max_rank: int = 50) -> tuple[np.ndarray, float, float]:
+        """``(cmc (max_rank,), mAP, mINP)``, each the mean over the splits."""
+        results = [self.first.metrics(max_rank)]
+        results += [self._ranking(i).metrics(max_rank) for i in range(1, len(self.splits))]
+        cmc, mean_ap, mean_inp = zip(*results, strict=True)
+        return np.mean(cmc, axis=0), float(np.mean(mean_ap)), float(np.mean(mean_inp))
+
+
+def check_test_set(dataset: ReidDataset) -> None:
+    """Raises InputError, naming the dataset, unless some query of each split of its
+    protocol has a correct match (:func:`reid.evaluation.check_gallery_matches`): a
+    check from the labels alone, which training runs before its first epoch."""
+    records = dataset.query + dataset.gallery
+    pids, camids = np.array([r.pid for r in records]), np.array([r.camid for r in records])
+    for rows, num_query, split_camids in PROTOCOLS.get(dataset.protocol)(
+        pids, camids, len(dataset.query)
+    ):
+        labels = pids[rows]
+        try:
+            check_gallery_matches(
+                labels[:num_query], labels[num_query:],
+                split_camids[:num_query], split_camids[num_query:],
+            )  # fmt: skip
+        except InputError as err:
+            raise InputError(f"test set {dataset.name}: {err}") from None
+
+
 def summarize(cmc: np.ndarray, mean_ap: float, mean_inp: float) -> dict[str, float]:
     """The headline numbers: ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` in [0, 1]."""
     return {
@@ -174,12 +250,16 @@ def evaluate_model(
     num_query: int,
     device: torch.device,
     options: EvalOptions = EvalOptions(),
+    protocol: str = "market",
 ) -> dict[str, float]:
     """:func:`summarize`'s metrics of a loader's images (``build_test_loader``: the
-    ``num_query`` queries first), distances on ``device`` (the model's). Under torchrun
-    the ranking runs once, on rank 0, and every rank gets its metrics."""
+    ``num_query`` queries first) under the test set's ``protocol``, distances on
+    ``device`` (the model's). Under torchrun the ranking runs once, on rank 0, and every
+    rank gets its metrics."""
     feats, pids, camids = extract_features(model, loader, device, options.flip)
     # Built inside on_main: query expansion runs on rank 0 only, like the ranking.
     return distributed.on_main(
-        lambda: summarize(*Ranking(feats, pids, camids, num_query, options, device).metrics())
+        lambda: summarize(
+            *ProtocolRanking(feats, pids, camids, num_query, protocol, options, device).metrics()
+        )
     )

@@ -1,10 +1,11 @@
-"""The re-identification evaluation protocol (Market-1501 and its kind), in one place.
+"""The re-identification ranking rule (Market-1501 and its kind), in one place.
 
 Dataset parsers produce its labels; :func:`ignored` and :func:`correct_matches` are its
 one rule, which the metrics (:class:`reid.evaluation.metrics.MarketRanker`), the
 training pre-check (:func:`reid.evaluation.metrics.check_gallery_matches`) and the
 ranked-list pictures (:mod:`reid.utils.visualization`) all apply, so they cannot
-disagree.
+disagree. A protocol (:data:`reid.protocol.PROTOCOLS`) chooses which images are ranked
+against which, and the camera labels this rule compares.
 """
 
 from typing import Any
@@ -15,6 +16,8 @@ import numpy as np
 JUNK_PID = -1
 # Distractors (pid 0): kept in the gallery as wrong matches of every query.
 DISTRACTOR_PID = 0
+# The camera id of a record whose dataset has no camera ids (custom folders, VehicleID).
+NO_CAMERA = -1
 
 
 def ignored(q_pids: Any, q_camids: Any, g_pids: Any, g_camids: Any) -> np.ndarray:
