@@ -2,9 +2,11 @@
 
 from reid.data.datasets import (  # noqa: F401  (register entries)
     cuhk03,
+    image_folder,
     market,
     msmt17,
     synthetic,
+    vehicleid,
     veri776,
 )
 from reid.data.datasets.base import DatasetError, Record, ReidDataset

@@ -2,7 +2,13 @@
 
 from pathlib import Path
 
-from reid.data.datasets.base import DatasetError, Record, ReidDataset, find_dataset_dir
+from reid.data.datasets.base import (
+    DatasetError,
+    Record,
+    ReidDataset,
+    find_dataset_dir,
+    read_list_file,
+)
 from reid.data.datasets.registry import DATASETS
 
 # V1 keeps images in train/ and test/; V2 in mask_train_v2/ and mask_test_v2/.
@@ -19,16 +25,8 @@ def parse_msmt_list(list_file: Path, image_dir: Path) -> list[Record]:
         DatasetError: a missing list file, a malformed line or a listed image that
             does not exist.
     """
-    if not list_file.is_file():
-        raise DatasetError(f"missing list file {list_file}")
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"cannot read list file {list_file}: {err}") from None
     records = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for line_no, line in read_list_file(list_file):
         try:
             rel_path, pid_text = line.split()
             pid, camera = int(pid_text), int(Path(rel_path).name.split("_")[2])
