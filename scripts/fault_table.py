@@ -39,7 +39,7 @@ from PIL import Image
 
 from reid import FeatureExtractor
 from reid.config import load_cfg
-from reid.data import build_dataset
+from reid.data import build_run_data
 from reid.data.datasets import DATASETS, Record
 from reid.data.image_dataset import ImageDataset, read_image
 from reid.data.transforms import build_train_transform
@@ -57,7 +57,7 @@ from reid.utils import io
 ROOT = Path(__file__).parents[1]
 SMALL = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.DEVICE", "cpu"]
 TINY = [
-    "DATASETS.NAME", "synthetic", "DATASETS.SYNTHETIC.NUM_IDENTITIES", "12",
+    "DATASETS.NAMES", "[synthetic]", "DATASETS.SYNTHETIC.NUM_IDENTITIES", "12",
     "DATASETS.SYNTHETIC.NUM_CAMERAS", "3", "MODEL.BACKBONE", "resnet18",
     "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]",
     "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_INSTANCES", "2",
@@ -467,8 +467,8 @@ add(
     "resnet50",
 )
 add(
-    "config: DATASETS.NAME market",
-    lambda ws: build_dataset(load_cfg(opts=["DATASETS.NAME", "market"])),
+    "config: DATASETS.NAMES [market]",
+    lambda ws: build_run_data(load_cfg(opts=["DATASETS.NAMES", "[market]"])),
     "'market'",
     "market1501",
 )
@@ -1151,7 +1151,9 @@ def _skip(reason: str) -> object:
 
 # --- datasets -----------------------------------------------------------------------
 def dataset(*pairs: str) -> Callable[[Workspace], object]:
-    return lambda ws: build_dataset(load_cfg(opts=[p.replace("{tmp}", str(ws.tmp)) for p in pairs]))
+    return lambda ws: build_run_data(
+        load_cfg(opts=[p.replace("{tmp}", str(ws.tmp)) for p in pairs])
+    )
 
 
 def market_with_holiday(ws: Workspace) -> object:
@@ -1179,7 +1181,7 @@ def synthetic_busy(ws: Workspace) -> object:
 add(
     "DATASETS.ROOT is a file",
     lambda ws: dataset(
-        "DATASETS.NAME", "synthetic", "DATASETS.ROOT", str(written(ws, "root_file", b""))
+        "DATASETS.NAMES", "[synthetic]", "DATASETS.ROOT", str(written(ws, "root_file", b""))
     )(ws),
     "DATASETS.ROOT",
     "{tmp}/root_file",
@@ -1204,6 +1206,82 @@ add(
     "PID_cCAMERA",
 )
 add("MSMT17 list file not UTF-8", msmt_not_utf8, "{tmp}/msmt/list_train.txt", "utf-8")
+
+
+def vehicleid_bad_line(ws: Workspace) -> object:
+    lists = ws.path("vehicleid/train_test_split/x").parent
+    Image.new("RGB", (8, 16)).save(ws.path("vehicleid/image/0000001.jpg"))
+    (lists / "train_list.txt").write_text("0000001 2\n0000002\n")
+    return DATASETS.get("vehicleid")(lists.parent)
+
+
+def image_folder_loose_image(ws: Workspace) -> object:
+    folder = ws.path("people/x").parent
+    for split in ("train", "query", "gallery"):
+        Image.new("RGB", (8, 16)).save(ws.path(f"people/{split}/0001/a.jpg"))
+    Image.new("RGB", (8, 16)).save(folder / "query" / "b.jpg")
+    return DATASETS.get("image_folder")(folder)
+
+
+def some_without_cameras(ws: Workspace) -> object:
+    market = ws.tmp / "half_cameras"
+    for split, name in (
+        ("bounding_box_train", "0001_c1_a.jpg"),
+        ("query", "0002_c1_a.jpg"),
+        ("bounding_box_test", "0002_b.jpg"),
+    ):
+        Image.new("RGB", (8, 16)).save(ws.path(f"half_cameras/{split}/{name}"))
+    return DATASETS.get("market_folder")(market)
+
+
+def mot_bad_gt_line(ws: Workspace) -> object:
+    from reid.data.mot import plan_mot_dataset
+
+    sequence = ws.path("mot/SEQ-01/gt/x").parent.parent
+    info = "[Sequence]\nname=SEQ-01\nimDir=img1\nframeRate=10\nseqLength=1\n"
+    (sequence / "seqinfo.ini").write_text(info + "imWidth=64\nimHeight=64\nimExt=.jpg\n")
+    (sequence / "gt" / "gt.txt").write_text("1,1,0,0,10,40,1,1,1\n1,2,0,0\n")
+    Image.new("RGB", (64, 64)).save(ws.path("mot/SEQ-01/img1/000001.jpg"))
+    return plan_mot_dataset(sequence.parent)
+
+
+add(
+    "config: DATASETS.NAME and DATASETS.NAMES",
+    yaml("name_and_names", b"DATASETS:\n  NAME: dukemtmc\n  NAMES: [market1501]\n"),
+    "DATASETS.NAME",
+    "DATASETS.NAMES",
+)
+add(
+    "config: a dataset twice in DATASETS.NAMES",
+    opts("DATASETS.NAMES", "[market1501, market1501]"),
+    "DATASETS.NAMES",
+    "distinct",
+)
+add(
+    "config: DATASETS.TESTS unknown name",
+    lambda ws: build_run_data(load_cfg(opts=["DATASETS.TESTS", "[duke]"])),
+    "'duke'",
+    "dukemtmc",
+)
+add(
+    "config: DATASETS.VEHICLEID_TEST_SIZE 3200",
+    opts("DATASETS.VEHICLEID_TEST_SIZE", "3200"),
+    "DATASETS.VEHICLEID_TEST_SIZE",
+    "800, 1600 or 2400",
+)
+add("VehicleID list line malformed", vehicleid_bad_line, "train_list.txt:2", "<image>")
+add(
+    "image_folder image outside an identity folder",
+    image_folder_loose_image,
+    "{tmp}/people/query/b.jpg",
+)
+add(
+    "market_folder gallery with and without camera ids",
+    some_without_cameras,
+    "{tmp}/half_cameras/bounding_box_test/0002_b.jpg",
+    "camera",
+)
+add("MOT gt.txt line malformed", mot_bad_gt_line, "{tmp}/mot/SEQ-01/gt/gt.txt:2")
 add(
     "synthetic root holding other files",
     synthetic_busy,

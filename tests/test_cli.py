@@ -171,7 +171,7 @@ def shared_run(tmp_path: Path, market_tree: Path, monkeypatch) -> tuple[Path, st
     name = marker_plugin(tmp_path, monkeypatch, RESNET18_AS_PLUGIN)
     run = tmp_path / "run"
     opts = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.DEVICE", "cpu",
-            "DATASETS.NAME", "market_folder", "DATASETS.ROOT", str(market_tree),
+            "DATASETS.NAMES", "[market_folder]", "DATASETS.ROOT", str(market_tree),
             "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(run)]  # fmt: skip
     cfg = load_cfg(opts=opts)
     torch.manual_seed(0)

@@ -32,8 +32,12 @@ def test_public_key_names_exist() -> None:
     cfg = load_cfg()
     for key in [
         "OUTPUT_DIR",
-        "DATASETS.NAME",
+        "DATASETS.NAMES",
+        "DATASETS.TESTS",
+        "DATASETS.COMBINEALL",
+        "DATASETS.VEHICLEID_TEST_SIZE",
         "DATASETS.ROOT",
+        "TEST.BEST_METRIC",
         "INPUT.SIZE_TRAIN",
         "INPUT.SIZE_TEST",
         "DATALOADER.NUM_WORKERS",
@@ -158,11 +162,11 @@ def test_registry_names_are_checked_where_they_are_used() -> None:
     from reid.data import build_dataset
     from reid.models import build_model
 
-    cfg = load_cfg(opts=["MODEL.BACKBONE", "rn50", "DATASETS.NAME", "market"])
+    cfg = load_cfg(opts=["MODEL.BACKBONE", "rn50", "DATASETS.NAMES", "[market]"])
     with pytest.raises(ReidError, match=r"unknown backbone 'rn50'; available: .*resnet50"):
         build_model(cfg, num_classes=3)
     with pytest.raises(ReidError, match=r"unknown dataset 'market'; available: .*market1501"):
-        build_dataset(cfg)
+        build_dataset(cfg, "market")
 
 
 def test_config_does_not_import_data_or_models() -> None:

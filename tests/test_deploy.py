@@ -195,7 +195,7 @@ def portable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny run evaluated with TEST.FLIP whose synthetic dataset was removed."""
     tmp = tmp_path_factory.mktemp("portable")
     cfg = load_cfg(
-        opts=[*OPTS, "TEST.FLIP", "True", "DATASETS.NAME", "synthetic"]
+        opts=[*OPTS, "TEST.FLIP", "True", "DATASETS.NAMES", "[synthetic]"]
         + ["DATASETS.SYNTHETIC.NUM_IDENTITIES", "12", "DATASETS.ROOT", str(tmp / "removed")]
     )
     model = build_model(cfg, num_classes=6, load_pretrained_weights=False)

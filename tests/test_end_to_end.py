@@ -125,7 +125,7 @@ def test_cuhk03_and_every_protocol_switch_through_test_py(trained: Path, tmp_pat
     """CUHK03-NP (labeled crops), the official AP and alpha-QE, chosen from the config,
     reach the ranking: tools/test.py gives what the evaluation functions give."""
     write_cuhk03_np(tmp_path / "cuhk03-np")
-    switches = ["DATASETS.NAME", "cuhk03", "DATASETS.ROOT", str(tmp_path),
+    switches = ["DATASETS.NAMES", "[cuhk03]", "DATASETS.ROOT", str(tmp_path),
                 "DATASETS.CUHK03_LABELED", "true", "TEST.AP", "official",
                 "TEST.AQE", "true", "TEST.AQE_K", "3"]  # fmt: skip
     opts = [
@@ -139,7 +139,7 @@ def test_cuhk03_and_every_protocol_switch_through_test_py(trained: Path, tmp_pat
     tested = json.loads((tmp_path / "out" / "test" / "metrics.json").read_text())
 
     cfg = load_cfg("configs/demo.yml", opts)
-    dataset = build_dataset(cfg)
+    dataset = build_dataset(cfg, "cuhk03")
     assert "/labeled/" in dataset.query[0].path
     loader, num_query = build_test_loader(cfg, dataset)
     model = build_trained_model(cfg, cfg.TEST.WEIGHT)

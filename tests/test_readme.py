@@ -53,7 +53,7 @@ def test_readme_plugins_train_and_test_through_the_tools(tmp_path: Path) -> None
             lines.append(f"{name},{pid},{cam}")
         (cams / f"{split}.csv").write_text("\n".join(lines) + "\n")
     opts = ["IMPORTS", "[my_plugins]", "MODEL.BACKBONE", "my_mobilenet",
-            "DATASETS.NAME", "my_cameras", "DATASETS.ROOT", str(cams),
+            "DATASETS.NAMES", "[my_cameras]", "DATASETS.ROOT", str(cams),
             "OUTPUT_DIR", str(tmp_path / "run"), "SOLVER.MAX_EPOCHS", "1",
             "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_INSTANCES", "2",
             "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "1"]  # fmt: skip

@@ -92,7 +92,7 @@ def test_no_matchable_query_is_found_before_the_first_epoch(market_tree: Path, t
         path.unlink()
     for path in (market_tree / "bounding_box_test").glob("0005_*"):
         path.unlink()
-    opts = ["DATASETS.NAME", "market_folder", "DATASETS.ROOT", str(market_tree),
+    opts = ["DATASETS.NAMES", "[market_folder]", "DATASETS.ROOT", str(market_tree),
             "OUTPUT_DIR", str(tmp_path / "run"), "SOLVER.IMS_PER_BATCH", "4",
             "DATALOADER.NUM_INSTANCES", "2", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
     result = run_tool("train.py", *CONFIG, *opts)

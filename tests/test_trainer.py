@@ -1,6 +1,7 @@
 """The Trainer's safety: stop on non-finite values, save before evaluating, stop cleanly on
 SIGTERM / SIGINT and resume to the very same result. A tiny model on random vectors."""
 
+import json
 import math
 import signal
 from pathlib import Path
@@ -78,7 +79,7 @@ def _trainer(
     model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
-    def evaluate() -> dict[str, float]:
+    def evaluate() -> dict[str, dict[str, float]]:
         model.eval()
         with torch.no_grad():
             feats, pids, cams = zip(*[(model(x), p, c) for x, p, c in test_loader], strict=True)
@@ -89,7 +90,7 @@ def _trainer(
             torch.cdist(feats[query], feats[~query]), pids[query], pids[~query],
             cams[query], cams[~query],
         )  # fmt: skip
-        return {"rank1": float(cmc[0]), "mAP": mean_ap}
+        return {"vectors": {"rank1": float(cmc[0]), "mAP": mean_ap}}
 
     options = {"eval_period": 2, "evaluate": evaluate, **kwargs}
     return trainer_class(
@@ -366,3 +367,30 @@ def test_tensorboard_keeps_what_was_logged_before_a_stop(tmp_path: Path) -> None
         assert steps and steps == list(range(1, len(steps) + 1)), name
         if logged is not None:
             assert len(steps) == logged, name
+
+
+@pytest.mark.parametrize(("best_metric", "best_epoch"), [("mAP", 3), ("rank1", 2)])
+def test_several_test_sets_get_their_own_tags_and_entries_and_best_is_their_mean(
+    tmp_path: Path, best_metric: str, best_epoch: int
+) -> None:
+    """Evaluations after epochs 2 and 3: mean mAP 0.3 then 0.4, mean rank-1 0.55 then 0.35."""
+    results = iter(
+        [
+            {"a": {"rank1": 0.9, "mAP": 0.5}, "b": {"rank1": 0.2, "mAP": 0.1}},
+            {"a": {"rank1": 0.3, "mAP": 0.2}, "b": {"rank1": 0.4, "mAP": 0.6}},
+        ]
+    )
+    trainer = _trainer(tmp_path, evaluate=lambda: next(results), best_metric=best_metric)
+    final = {"a": {"rank1": 0.3, "mAP": 0.2}, "b": {"rank1": 0.4, "mAP": 0.6}}
+    assert trainer.train() == final
+    assert json.loads((tmp_path / "metrics.json").read_text()) == final
+    assert load_checkpoint(tmp_path / "best.pth")["epoch"] == best_epoch
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for name, values in (("a/mAP", [0.5, 0.2]), ("b/rank1", [0.2, 0.4])):
+        scalars = events.Scalars(f"eval/{name}")
+        assert [(e.step, e.value) for e in scalars] == [
+            (2, pytest.approx(values[0])),
+            (3, pytest.approx(values[1])),
+        ]
+    assert "eval/mAP" not in events.Tags()["scalars"]

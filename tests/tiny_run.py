@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 TRAIN = ROOT / "tools" / "train.py"
 TINY = [
-    "DATASETS.NAME", "synthetic", "DATASETS.SYNTHETIC.NUM_IDENTITIES", "12",
+    "DATASETS.NAMES", "[synthetic]", "DATASETS.SYNTHETIC.NUM_IDENTITIES", "12",
     "DATASETS.SYNTHETIC.NUM_CAMERAS", "3", "MODEL.BACKBONE", "resnet18",
     "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]",
     "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_INSTANCES", "2",

@@ -47,6 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "TEST.METRIC": ("cosine", "euclidean"),
     "TEST.AP": ("standard", "official"),
     "LOSS.TRIPLET_MINING": ("hard", "semi_hard", "all"),
+    "TEST.BEST_METRIC": ("rank1", "rank5", "rank10", "mAP", "mINP"),
 }
 
 
@@ -152,7 +153,24 @@ _OLD_LOSS_WEIGHTS = {
 
 
 def _migrate(flat: dict[str, Any], source: str) -> dict[str, Any]:
-    """Reads the loss weights of earlier versions (run folders, old configs) as terms."""
+    """Reads the keys of earlier versions (run folders, checkpoints, old configs) as today's."""
+    if "DATASETS.NAME" in flat:
+        if "DATASETS.NAMES" in flat:
+            raise ConfigError(
+                f"DATASETS.NAME ({source}) cannot be mixed with DATASETS.NAMES; "
+                "list the datasets in DATASETS.NAMES"
+            )
+        name = flat.pop("DATASETS.NAME")
+        flat["DATASETS.NAMES"] = [name]
+        logger.warning(
+            "%s: DATASETS.NAME %s is read as DATASETS.NAMES [%s] (the key of earlier versions)",
+            source, name, name,
+        )  # fmt: skip
+    return _migrate_loss_weights(flat, source)
+
+
+def _migrate_loss_weights(flat: dict[str, Any], source: str) -> dict[str, Any]:
+    """Reads the loss weights of earlier versions as terms."""
     old = {key: flat.pop(key) for key in list(flat) if key in _OLD_LOSS_WEIGHTS}
     if not old:
         return flat
@@ -383,6 +401,12 @@ def _check(cfg: CN) -> None:
         )
     if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
         raise ConfigError(f"LOSS.WEIGHTS must be >= 0 with at least one > 0; got {weights}")
+    for key in ("DATASETS.NAMES", "DATASETS.TESTS"):
+        sets = _get(cfg, key)
+        if not all(isinstance(n, str) and n for n in sets) or len(set(sets)) != len(sets):
+            raise ConfigError(f"{key} must list distinct dataset names; got {sets}")
+    if not cfg.DATASETS.NAMES:
+        raise ConfigError("DATASETS.NAMES is empty; expected the datasets to train on")
     pairwise = [n for n, w in zip(names, weights, strict=True) if n in PAIRWISE_LOSSES and w > 0]
     if k < 2 and pairwise:
         raise ConfigError(
@@ -412,6 +436,10 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "DATASETS.SYNTHETIC.NUM_IDENTITIES": _at_least(2),
     "DATASETS.SYNTHETIC.NUM_CAMERAS": _between(2, 9),
     "DATASETS.SYNTHETIC.SEED": _SEED,
+    "DATASETS.VEHICLEID_TEST_SIZE": (
+        (lambda value: value in (800, 1600, 2400)),
+        "800, 1600 or 2400",
+    ),
     "DATALOADER.NUM_WORKERS": _at_least(0),
     "DATALOADER.NUM_INSTANCES": _at_least(1),
     "SOLVER.MAX_EPOCHS": _at_least(1),
@@ -480,14 +508,29 @@ RESUME_SAFE_KEYS = (
 )
 
 
+# ... except these, which change what a resumed run would compare or keep.
+RESUME_UNSAFE_KEYS = ("TEST.BEST_METRIC",)
+
+
 def resume_conflicts(saved_yaml: str, cfg: CN) -> list[str]:
     """Differences between a checkpoint's config and ``cfg`` that forbid resuming.
 
     Args:
-        saved_yaml: the checkpoint's resolved config (``cfg.dump()`` text).
+        saved_yaml: the checkpoint's resolved config (``cfg.dump()`` text); keys of
+            earlier versions are read as today's, and keys added since take their
+            defaults.
 
     Returns:
         ``"KEY: old -> new"`` lines, empty when the run can continue.
+
+    Raises:
+        ConfigError: the saved config holds a key this version does not know.
     """
-    saved = CN.load_cfg(saved_yaml)
-    return [d for d in config_differences(saved, cfg) if not d.startswith(RESUME_SAFE_KEYS)]
+    source = "the checkpoint's config"
+    saved = get_default_cfg()
+    _merge(saved, _migrate(flatten(yaml.safe_load(saved_yaml) or {}), source), source)
+    return [
+        d
+        for d in config_differences(saved, cfg)
+        if d.startswith(RESUME_UNSAFE_KEYS) or not d.startswith(RESUME_SAFE_KEYS)
+    ]

@@ -55,13 +55,24 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 
 # ---------------------------------------------------------------------------
 _C.DATASETS = CN()
-# Name in reid.data.DATASETS: market1501, dukemtmc, msmt17, cuhk03, veri776, market_folder,
-# synthetic.
-_C.DATASETS.NAME = "market1501"
-# The dataset folder, or a parent holding it under its usual name.
+# Datasets trained on together, by name in reid.data.DATASETS: market1501, dukemtmc, msmt17,
+# cuhk03, veri776, vehicleid, market_folder, image_folder, synthetic. Their identities are
+# relabelled into one range and their cameras kept apart. (Earlier versions' DATASETS.NAME x
+# is read as NAMES [x].)
+_C.DATASETS.NAMES = ["market1501"]
+# Datasets evaluated, each under its own protocol and reported on its own (a table, an entry
+# of metrics.json, TensorBoard tags eval/<name>/...); [] evaluates the NAMES.
+_C.DATASETS.TESTS = []
+# Train on the train, query and gallery images of the NAMES (test identities as new classes,
+# distractors and junk left out): for a final model, when nothing of NAMES is left to test.
+_C.DATASETS.COMBINEALL = False
+# The folder holding each dataset under its usual name (market_folder, image_folder: the
+# dataset folder itself).
 _C.DATASETS.ROOT = "datasets"
 # cuhk03 (CUHK03-NP): the hand-labelled crops instead of the detected ones.
 _C.DATASETS.CUHK03_LABELED = False
+# vehicleid: the test list evaluated, 800, 1600 or 2400 vehicles.
+_C.DATASETS.VEHICLEID_TEST_SIZE = 800
 # Built-in synthetic pedestrians, generated under ROOT on first use.
 _C.DATASETS.SYNTHETIC = CN()
 # Identities in all; half train, half test.
@@ -154,6 +165,9 @@ _C.TEST.IMS_PER_BATCH = 128
 _C.TEST.WEIGHT = ""
 # Evaluate every EVAL_PERIOD epochs during training (and always at the end).
 _C.TEST.EVAL_PERIOD = 10
+# The metric that picks best.pth (rank1, rank5, rank10, mAP or mINP); with several test sets,
+# its mean over them.
+_C.TEST.BEST_METRIC = "mAP"
 # Test feature: "before" or "after" the BNNeck.
 _C.TEST.NECK_FEAT = "after"
 # L2-normalise test features.

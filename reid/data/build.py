@@ -2,42 +2,139 @@
 
 import logging
 import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
-from reid.data.datasets import DATASETS, DatasetError, ReidDataset
+from reid.data.datasets import DATASETS, DatasetError, Record, ReidDataset
+from reid.data.datasets.base import relabel
 from reid.data.image_dataset import ImageDataset
 from reid.data.sampler import PKSampler
 from reid.data.transforms import build_test_transform, build_train_transform
+from reid.protocol import DISTRACTOR_PID, NO_CAMERA
 from reid.utils import distributed
 
 logger = logging.getLogger(__name__)
 
 
-def build_dataset(cfg: CfgNode) -> ReidDataset:
-    """Parses ``DATASETS.NAME`` under ``DATASETS.ROOT`` and logs its statistics.
+# The factory options each dataset reads from the config (DATASETS.<its keys>).
+CONFIG_OPTIONS: dict[str, Callable[[CfgNode], dict[str, Any]]] = {
+    "cuhk03": lambda cfg: {"labeled": cfg.DATASETS.CUHK03_LABELED},
+    "vehicleid": lambda cfg: {"test_size": cfg.DATASETS.VEHICLEID_TEST_SIZE},
+    "synthetic": lambda cfg: {
+        "num_identities": cfg.DATASETS.SYNTHETIC.NUM_IDENTITIES,
+        "num_cameras": cfg.DATASETS.SYNTHETIC.NUM_CAMERAS,
+        "seed": cfg.DATASETS.SYNTHETIC.SEED,
+    },
+}
+
+
+def build_dataset(cfg: CfgNode, name: str) -> ReidDataset:
+    """Parses the dataset ``name`` under ``DATASETS.ROOT`` and logs its statistics.
 
     Raises:
         DatasetError: ``DATASETS.ROOT`` is a file, or the dataset's own checks fail.
+        UnknownNameError: ``name`` is not a registered dataset (the message lists them).
     """
     if Path(cfg.DATASETS.ROOT).is_file():
         raise DatasetError(f"DATASETS.ROOT {cfg.DATASETS.ROOT} is a file; expected a folder")
-    options = {}
-    if cfg.DATASETS.NAME == "cuhk03":
-        options = {"labeled": cfg.DATASETS.CUHK03_LABELED}
-    elif cfg.DATASETS.NAME == "synthetic":
-        synthetic = cfg.DATASETS.SYNTHETIC
-        options = {
-            "num_identities": synthetic.NUM_IDENTITIES,
-            "num_cameras": synthetic.NUM_CAMERAS,
-            "seed": synthetic.SEED,
-        }
-    dataset = DATASETS.get(cfg.DATASETS.NAME)(cfg.DATASETS.ROOT, **options)
+    factory = DATASETS.get(name)
+    options = CONFIG_OPTIONS[name](cfg) if name in CONFIG_OPTIONS else {}
+    dataset = factory(cfg.DATASETS.ROOT, **options)
     logger.info("%s", dataset.stats_table())
     return dataset
+
+
+def test_set_names(cfg: CfgNode) -> list[str]:
+    """The datasets evaluated: ``DATASETS.TESTS``, or the ``DATASETS.NAMES`` trained on."""
+    return list(cfg.DATASETS.TESTS or cfg.DATASETS.NAMES)
+
+
+def build_datasets(cfg: CfgNode, names: Sequence[str]) -> dict[str, ReidDataset]:
+    """:func:`build_dataset` of each name, in order, each parsed once; every name is
+    looked up first, so a misspelt one stops the run before any parsing."""
+    names = list(dict.fromkeys(names))
+    for name in names:
+        DATASETS.get(name)
+    return {name: build_dataset(cfg, name) for name in names}
+
+
+def combine_train(datasets: Sequence[ReidDataset], combine_all: bool = False) -> list[Record]:
+    """The training images of several datasets as one set.
+
+    Each dataset's identities get their own range of labels, in the order given, so the
+    labels run over ``0..P-1`` with no identity shared between datasets; its cameras
+    likewise get their own range of ids (``NO_CAMERA`` stays). One dataset's training
+    records come back unchanged.
+
+    Args:
+        datasets: the datasets trained on.
+        combine_all: also train on each dataset's query and gallery images: its test
+            identities (query and gallery as one, distractors and junk left out) become
+            new classes after its training identities.
+
+    Returns:
+        The records, dataset by dataset, with labels ``0..P-1`` and disjoint cameras.
+    """
+    combined: list[Record] = []
+    for dataset in datasets:
+        parts = [dataset.train]
+        if combine_all:
+            tested = [r for r in dataset.query + dataset.gallery if r.pid > DISTRACTOR_PID]
+            parts.append(relabel(tested))
+        camera_offset = 1 + max((r.camid for r in combined if r.camid != NO_CAMERA), default=-1)
+        for part in parts:
+            pid_offset = len({r.pid for r in combined})
+            combined += [
+                Record(
+                    r.path,
+                    r.pid + pid_offset,
+                    r.camid if r.camid == NO_CAMERA else r.camid + camera_offset,
+                )
+                for r in part
+            ]
+    if combine_all or len(datasets) > 1:
+        logger.info(
+            "training on %s%s: %d identities, %d images",
+            " + ".join(d.name for d in datasets),
+            " (train + query + gallery)" if combine_all else "",
+            len({r.pid for r in combined}),
+            len(combined),
+        )
+    return combined
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a training run reads: the combined training images and the test sets.
+
+    Attributes:
+        train: :func:`combine_train` of ``DATASETS.NAMES`` (labels ``0..num_classes-1``).
+        num_classes: the number of training identities.
+        tests: the ``DATASETS.TESTS`` (or ``NAMES``) by name, each with its protocol.
+    """
+
+    train: list[Record]
+    num_classes: int
+    tests: dict[str, ReidDataset]
+
+
+def build_run_data(cfg: CfgNode) -> RunData:
+    """Parses every dataset of ``DATASETS.NAMES`` and the test sets once, combines the
+    training sets (with ``DATASETS.COMBINEALL``, their test images too)."""
+    names, tests = list(cfg.DATASETS.NAMES), test_set_names(cfg)
+    datasets = build_datasets(cfg, names + tests)
+    train = combine_train([datasets[n] for n in names], cfg.DATASETS.COMBINEALL)
+    if cfg.DATASETS.COMBINEALL and (seen := [n for n in tests if n in names]):
+        logger.warning(
+            "DATASETS.COMBINEALL: the metrics of %s are on images trained on", ", ".join(seen)
+        )
+    return RunData(train, len({r.pid for r in train}), {n: datasets[n] for n in tests})
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -52,8 +149,9 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
-    """Training loader: augmented images in PK batches (``SOLVER.IMS_PER_BATCH`` = P x K).
+def build_train_loader(cfg: CfgNode, records: Sequence[Record]) -> DataLoader:
+    """Training loader of ``records`` (:func:`combine_train`, labels ``0..P-1``):
+    augmented images in PK batches (``SOLVER.IMS_PER_BATCH`` = P x K).
 
     Batches are ``(images (B, 3, H, W), pids (B,), camids (B,))`` with relabelled pids.
     Under torchrun each of W ranks loads its P / W identities of every global batch.
@@ -67,7 +165,7 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
         erase_prob=cfg.INPUT.RE_PROB,
     )
     sampler = PKSampler(
-        [r.pid for r in dataset.train],
+        [r.pid for r in records],
         batch_size=cfg.SOLVER.IMS_PER_BATCH,
         num_instances=cfg.DATALOADER.NUM_INSTANCES,
         seed=cfg.SEED,
@@ -75,7 +173,7 @@ def build_train_loader(cfg: CfgNode, dataset: ReidDataset) -> DataLoader:
         world_size=distributed.world_size(),
     )
     return DataLoader(
-        ImageDataset(dataset.train, transform),
+        ImageDataset(records, transform),
         batch_sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),

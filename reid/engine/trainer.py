@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from reid.engine.checkpoint import load_model_weights, save_checkpoint
 from reid.errors import ReidError
-from reid.evaluation.report import write_metrics
+from reid.evaluation.report import metrics_report, write_metrics
 from reid.models.sync_bn import convert_sync_batchnorm
 from reid.solver import EpochScheduler
 from reid.utils import distributed
@@ -56,10 +56,10 @@ class Trainer:
     TensorBoard events (every iteration's scalars, each epoch's means, the metrics)
     and the checkpoints. After every epoch it writes ``last.pth``, *then* evaluates
     (so an evaluation error never loses the epoch), then writes ``last.pth`` again
-    with the metrics and ``best.pth`` when mAP improved. A checkpoint holds the model, optimizers,
-    scheduler, loss scaler, position, best mAP and the RNG states, so that
-    :meth:`load_state` continues a stopped run exactly where it stopped (on the CPU
-    with ``num_workers=0``: the same final metrics as an uninterrupted run).
+    with the metrics and ``best.pth`` when ``best_metric`` improved. A checkpoint holds
+    the model, optimizers, scheduler, loss scaler, position, best score and the RNG
+    states, so that :meth:`load_state` continues a stopped run exactly where it stopped
+    (on the CPU with ``num_workers=0``: the same final metrics as an uninterrupted run).
 
     SIGTERM or SIGINT (preemption, Ctrl-C) during an epoch finishes the current
     iteration, writes ``last.pth`` at that iteration and raises
@@ -84,8 +84,10 @@ class Trainer:
         device: where the model lives.
         max_epochs: epochs to train.
         output_dir: receives ``last.pth``, ``best.pth`` and TensorBoard events.
-        evaluate: returns metrics (with ``"mAP"``) for the current model, or None.
+        evaluate: returns the current model's metrics on each test set, by the set's
+            name (``{"market1501": {"rank1": ..., "mAP": ...}}``); None: no evaluation.
         eval_period: evaluate every this many epochs, and after the last one.
+        best_metric: the metric whose mean over the test sets picks ``best.pth``.
         loss_optimizer: steps the loss's own parameters (center-loss centers).
         amp: mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.
         channels_last: channels-last memory format on CUDA.
@@ -107,8 +109,9 @@ class Trainer:
         device: torch.device,
         max_epochs: int,
         output_dir: str | Path,
-        evaluate: Callable[[], dict[str, float]] | None = None,
+        evaluate: Callable[[], dict[str, dict[str, float]]] | None = None,
         eval_period: int = 10,
+        best_metric: str = "mAP",
         loss_optimizer: torch.optim.Optimizer | None = None,
         amp: bool = True,
         channels_last: bool = True,
@@ -126,6 +129,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.evaluate = evaluate
         self.eval_period = eval_period
+        self.best_metric = best_metric
         self.loss_optimizer = loss_optimizer
         self.config = config
         self.handle_signals = handle_signals
@@ -152,8 +156,9 @@ class Trainer:
         # differ in length, so it is counted, not computed from the epoch.
         self.global_step = 0
         self.pending_eval = False
-        self.best_map = -1.0
-        self.metrics: dict[str, float] = {}
+        self.best_score = -1.0
+        # The last evaluation, in metrics.json's form (reid.evaluation.report.metrics_report).
+        self.metrics: dict[str, Any] = {}
         # Mean of each logged scalar per epoch, in order.
         self.history: list[dict[str, float]] = []
         main = distributed.is_main_process()
@@ -192,8 +197,9 @@ class Trainer:
         self.scaler.update()
         return {name: value.item() for name, value in losses.items()}
 
-    def train(self) -> dict[str, float]:
-        """Runs the remaining epochs; returns the metrics of the final evaluation.
+    def train(self) -> dict[str, Any]:
+        """Runs the remaining epochs; returns the metrics of the final evaluation, in
+        ``metrics.json``'s form (one test set's metrics, or several keyed by name).
 
         Raises:
             TrainingInterrupted: SIGTERM / SIGINT; ``last.pth`` holds the position.
@@ -216,7 +222,7 @@ class Trainer:
                     if due:
                         self._evaluate_and_save(done)
                 if not self.metrics and self.evaluate is not None:  # resumed a finished run
-                    self.metrics = self._evaluate()
+                    self.metrics = metrics_report(self._evaluate())
         finally:  # a stop, a NaN or an error too: what was logged reaches the disk
             if self.writer is not None:
                 self.writer.close()
@@ -279,11 +285,14 @@ class Trainer:
         )
         return averages
 
-    def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
-        """Logs evaluation metrics to the log and TensorBoard (at the epoch as step)."""
-        self._log_scalars("eval", metrics, epoch)
-        text = " ".join(f"{name} {100 * value:.2f}%" for name, value in metrics.items())
-        logger.info("epoch %d evaluation: %s", epoch, text)
+    def log_metrics(self, per_set: dict[str, dict[str, float]], epoch: int) -> None:
+        """Logs each test set's metrics to the log and TensorBoard (at the epoch as step):
+        tags ``eval/<metric>`` for one set, ``eval/<set>/<metric>`` for several."""
+        for name, metrics in per_set.items():
+            several = len(per_set) > 1
+            self._log_scalars(f"eval/{name}" if several else "eval", metrics, epoch)
+            text = " ".join(f"{key} {100 * value:.2f}%" for key, value in metrics.items())
+            logger.info("epoch %d evaluation%s: %s", epoch, f" of {name}" if several else "", text)
 
     def save(
         self,
@@ -325,7 +334,7 @@ class Trainer:
             "epoch_sums": epoch_sums or {},
             "global_step": self.global_step,
             "metrics": self.metrics,
-            "best_map": self.best_map,
+            "best_score": self.best_score,
             "rng": _rng_states(),
             "config": self.config,
         }
@@ -358,7 +367,8 @@ class Trainer:
             "global_step", self.start_epoch * len(self.train_loader) + self.start_iteration
         )
         self.metrics = state.get("metrics", {})
-        self.best_map = state["best_map"]
+        # Earlier versions picked best.pth by mAP alone, under this name.
+        self.best_score = state["best_score"] if "best_score" in state else state["best_map"]
         if self.start_iteration:
             self._resume_rng = state["rng"]  # applied once the epoch's loader exists
         else:
@@ -390,14 +400,15 @@ class Trainer:
             raise
         finally:
             self._stop_now = None
-        self.metrics = metrics
+        self.metrics = metrics_report(metrics)
         self.log_metrics(metrics, epoch)
-        improved = metrics["mAP"] > self.best_map
-        self.best_map = max(self.best_map, metrics["mAP"])
+        score = float(np.mean([m[self.best_metric] for m in metrics.values()]))
+        improved = score > self.best_score
+        self.best_score = max(self.best_score, score)
         self.save(epoch, best=improved)
         self._stop_if_asked(f"after evaluating epoch {epoch}; saved {self.last_path}")
 
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, dict[str, float]]:
         """``evaluate()`` with every rank holding the weights the checkpoint holds.
 
         Without SyncBN each rank's BatchNorm running statistics follow its own share of

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 from reid.utils.io import write_text
 
@@ -19,3 +20,16 @@ def format_results(metrics: dict[str, float]) -> str:
 def write_metrics(path: str | Path, metrics: dict[str, float | int | str]) -> None:
     """Writes metrics (fractions in [0, 1]) and any context to a JSON file, atomically."""
     write_text(path, json.dumps(metrics, indent=2) + "\n")
+
+
+def metrics_report(per_set: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``metrics.json`` form of each test set's metrics: one set's metrics as they are
+    (the form of single-dataset runs), several sets' keyed by the set's name."""
+    return next(iter(per_set.values())) if len(per_set) == 1 else dict(per_set)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """:func:`format_results` of a :func:`metrics_report`, each set's under its name."""
+    if report and all(isinstance(value, dict) for value in report.values()):
+        return "\n".join(f"{name}\n{format_results(m)}" for name, m in report.items())
+    return format_results(report)

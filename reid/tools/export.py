@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from yacs.config import CfgNode
 
-from reid.data import build_dataset
+from reid.data import build_dataset, test_set_names
 from reid.data.datasets import DatasetError
 from reid.data.synthetic import draw_pedestrians
 from reid.deploy import OnnxMetadata, compare_features, export_onnx, file_sha256
@@ -133,12 +133,12 @@ def _parity_images(cfg: CfgNode, folder: str | None) -> tuple[list[ImageInput], 
         # Every fourth a query: 16 x 48 of 64, as from a dataset, and both spread over DIR.
         images, num_query = _queries_first(paths, every=4)
         return images, num_query, f"{len(paths)} from --parity-images {folder}"
-    name, root = cfg.DATASETS.NAME, Path(cfg.DATASETS.ROOT)
+    name, root = test_set_names(cfg)[0], Path(cfg.DATASETS.ROOT)
     # A missing root is checked first: the synthetic dataset would be drawn into it.
     if not root.is_dir():
         return _drawn_images(f"the dataset {name} is not at {root}")
     try:
-        dataset = build_dataset(cfg)
+        dataset = build_dataset(cfg, name)
     except DatasetError as err:
         return _drawn_images(f"the dataset {name} is not usable: {err}")
     queries = _spread([r.path for r in dataset.query], PARITY_QUERIES)

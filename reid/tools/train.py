@@ -9,13 +9,13 @@ On several GPUs or machines: torchrun --nproc_per_node N tools/train.py ... (sam
 import logging
 
 from reid.config import load_cfg, resume_conflicts
-from reid.data import build_dataset, build_test_loader, build_train_loader
+from reid.data import build_run_data, build_test_loader, build_train_loader
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.run_dir import open_run_dir
 from reid.engine.trainer import Trainer
 from reid.errors import ReidError
-from reid.evaluation import build_eval_options, check_gallery_matches, evaluate_model
-from reid.evaluation.report import format_results
+from reid.evaluation import build_eval_options, check_test_set, evaluate_model
+from reid.evaluation.report import format_report
 from reid.losses import build_loss
 from reid.models import build_model
 from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
@@ -48,15 +48,12 @@ def main() -> None:
         setup_logging(out)
         seed_everything(cfg.SEED)
         with distributed.main_first():  # rank 0 generates the synthetic set, if needed
-            dataset = build_dataset(cfg)
-        query, gallery = dataset.query, dataset.gallery
-        check_gallery_matches(  # before the first epoch, not after it
-            [r.pid for r in query], [r.pid for r in gallery],
-            [r.camid for r in query], [r.camid for r in gallery],
-        )  # fmt: skip
-        train_loader = build_train_loader(cfg, dataset)
-        test_loader, num_query = build_test_loader(cfg, dataset)
-        num_classes = dataset.num_train_pids
+            data = build_run_data(cfg)
+        for test in data.tests.values():
+            check_test_set(test)  # before the first epoch, not after it
+        train_loader = build_train_loader(cfg, data.train)
+        test_loaders = {name: build_test_loader(cfg, test) for name, test in data.tests.items()}
+        options, num_classes = build_eval_options(cfg), data.num_classes
         model = build_model(cfg, num_classes=num_classes).to(device)
         loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
         optimizer = build_optimizer(cfg, model, loss_fn)
@@ -69,10 +66,12 @@ def main() -> None:
             device=device,
             max_epochs=cfg.SOLVER.MAX_EPOCHS,
             output_dir=out,
-            evaluate=lambda: evaluate_model(
-                model, test_loader, num_query, device, build_eval_options(cfg)
-            ),
+            evaluate=lambda: {
+                name: evaluate_model(model, *test_loaders[name], device, options, test.protocol)
+                for name, test in data.tests.items()
+            },
             eval_period=cfg.TEST.EVAL_PERIOD,
+            best_metric=cfg.TEST.BEST_METRIC,
             loss_optimizer=build_loss_optimizer(loss_fn),
             amp=cfg.SOLVER.AMP,
             channels_last=cfg.SOLVER.CHANNELS_LAST,
@@ -88,7 +87,7 @@ def main() -> None:
             trainer.load_state(state, str(out / "last.pth"))
         metrics = trainer.train()
         if distributed.is_main_process():
-            print(format_results(metrics))
+            print(format_report(metrics))
 
 
 def cli() -> int:
