@@ -393,6 +393,7 @@ def test_cli_bad_input_is_one_line(mot_root: Path, tmp_path: Path, monkeypatch, 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # a subprocess: the one-line error as the shell sees it
 def test_tool_names_the_malformed_gt_line(mot_root: Path, tmp_path: Path) -> None:
     """The launcher, as a user runs it: one error line naming FILE:LINE."""
     root = tmp_path / "mot"
