@@ -44,6 +44,9 @@ def test_combineall_adds_test_identities_as_new_classes() -> None:
         (2, 0), (3, 1),  # query: test pids 1, 7, 9 -> 2, 3, 4
         (2, 1), (3, 0), (4, 0),  # gallery, the distractor left out
     ]  # fmt: skip
+    # A dataset with a real identity 0 (a query has it) keeps it.
+    vehicles = ReidDataset("v", records((5, 0)), records((0, 0)), records((0, 1), (3, 1)))
+    assert len({r.pid for r in combine_train([vehicles], combine_all=True)}) == 3
     no_cameras = records((1, NO_CAMERA), (2, NO_CAMERA))
     other = ReidDataset("b", no_cameras, no_cameras[:1], no_cameras[1:])
     both = combine_train([ReidDataset("a", train, query, gallery), other])

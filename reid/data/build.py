@@ -75,8 +75,8 @@ def combine_train(datasets: Sequence[ReidDataset], combine_all: bool = False) ->
     Args:
         datasets: the datasets trained on.
         combine_all: also train on each dataset's query and gallery images: its test
-            identities (query and gallery as one, distractors and junk left out) become
-            new classes after its training identities.
+            identities (query and gallery as one; distractors, pid 0 that no query
+            has, left out) become new classes after its training identities.
 
     Returns:
         The records, dataset by dataset, with labels ``0..P-1`` and disjoint cameras.
@@ -84,8 +84,13 @@ def combine_train(datasets: Sequence[ReidDataset], combine_all: bool = False) ->
     combined: list[Record] = []
     for dataset in datasets:
         parts = [dataset.train]
-        if combine_all:
-            tested = [r for r in dataset.query + dataset.gallery if r.pid > DISTRACTOR_PID]
+        if combine_all:  # pid 0 marks distractors, unless a query has it (VehicleID's 0)
+            queried = {r.pid for r in dataset.query}
+            tested = [
+                r
+                for r in dataset.query + dataset.gallery
+                if r.pid > DISTRACTOR_PID or r.pid in queried
+            ]
             parts.append(relabel(tested))
         camera_offset = 1 + max((r.camid for r in combined if r.camid != NO_CAMERA), default=-1)
         for part in parts:
