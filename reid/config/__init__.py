@@ -48,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "TEST.AP": ("standard", "official"),
     "LOSS.TRIPLET_MINING": ("hard", "semi_hard", "all"),
     "TEST.BEST_METRIC": ("rank1", "rank5", "rank10", "mAP", "mINP"),
+    "MODEL.VIT_POOL": ("token", "mean"),
 }
 
 
@@ -95,8 +96,24 @@ def load_cfg(
         )
     import_plugins(cfg.IMPORTS)
     _check(cfg)
+    _fill_pixel_stats(cfg)
     cfg.freeze()
     return cfg
+
+
+def _fill_pixel_stats(cfg: CN) -> None:
+    """Empty ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD`` become the backbone's own statistics, so
+    that the resolved config (a run's ``config.yaml``) records what was used. An unknown
+    backbone leaves them empty: ``build_model`` names it with the available ones."""
+    if cfg.INPUT.PIXEL_MEAN:
+        return
+    from reid.models.backbones import pixel_stats  # imports torch: only when needed
+
+    try:
+        mean, std = pixel_stats(cfg.MODEL.BACKBONE)
+    except UnknownNameError:
+        return
+    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = [float(v) for v in mean], [float(v) for v in std]
 
 
 def _imports_override(modules: list[str]) -> str:
@@ -372,10 +389,26 @@ def _check(cfg: CN) -> None:
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise ConfigError(f"{key} must be [H, W] with two positive integers; got {size}")
     for key in ("INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD"):
-        if len(_get(cfg, key)) != 3:
-            raise ConfigError(f"{key} must list 3 values (R, G, B); got {_get(cfg, key)}")
-    if min(cfg.INPUT.PIXEL_STD) <= 0:
+        stats = _get(cfg, key)
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in stats)
+        if len(stats) not in (0, 3) or not numbers or not all(map(math.isfinite, stats)):
+            raise ConfigError(
+                f"{key} must list 3 numbers (R, G, B), or none for the backbone's own; got {stats}"
+            )
+        *parents, leaf = key.split(".")
+        _get(cfg, ".".join(parents))[leaf] = [float(v) for v in stats]
+    if len(cfg.INPUT.PIXEL_MEAN) != len(cfg.INPUT.PIXEL_STD):
+        raise ConfigError(
+            "INPUT.PIXEL_MEAN and INPUT.PIXEL_STD must both list 3 values or both be empty; "
+            f"got {cfg.INPUT.PIXEL_MEAN} and {cfg.INPUT.PIXEL_STD}"
+        )
+    if cfg.INPUT.PIXEL_STD and min(cfg.INPUT.PIXEL_STD) <= 0:
         raise ConfigError(f"INPUT.PIXEL_STD must be positive; got {cfg.INPUT.PIXEL_STD}")
+    if cfg.SOLVER.WARMUP_EPOCHS > 0 and cfg.SOLVER.WARMUP_ITERS > 0:
+        raise ConfigError(
+            "SOLVER.WARMUP_EPOCHS and SOLVER.WARMUP_ITERS are both set; warm up over "
+            "epochs or over iterations, and set the other to 0"
+        )
     steps = cfg.SOLVER.STEPS
     if any(step < 0 for step in steps) or list(steps) != sorted(steps):
         raise ConfigError(f"SOLVER.STEPS must be epochs >= 0 in increasing order; got {steps}")
@@ -453,6 +486,16 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "SOLVER.WARMUP_FACTOR": _between(0, 1),
     "SOLVER.WARMUP_EPOCHS": _at_least(0),
     "SOLVER.CENTER_LR": _POSITIVE,
+    "SOLVER.DELAY_EPOCHS": _at_least(0),
+    "SOLVER.ETA_MIN_LR": _at_least(0),
+    "SOLVER.WARMUP_ITERS": _at_least(0),
+    "SOLVER.FREEZE_ITERS": _at_least(0),
+    "SOLVER.CLIP_GRAD_NORM": _at_least(0),
+    "MODEL.VIT_STRIDE": _at_least(0),
+    "MODEL.DROP_PATH": ((lambda value: 0 <= value < 1), "in [0, 1)"),
+    "INPUT.AUTOAUGMENT_PROB": _between(0, 1),
+    "LOSS.CIRCLE_SOFTMAX_MARGIN": _between(0, 1),
+    "LOSS.CIRCLE_SOFTMAX_SCALE": _POSITIVE,
     "LOSS.LABEL_SMOOTH": ((lambda value: 0 <= value < 1), "in [0, 1)"),
     "LOSS.TRIPLET_MARGIN": _at_least(0),
     "LOSS.CIRCLE_MARGIN": _between(0, 1),

@@ -36,6 +36,17 @@ _C.MODEL.PRETRAIN_PATH = ""
 _C.MODEL.POOLING = "avg"
 # BNNeck: BatchNorm1d between the pooled feature and the classifier.
 _C.MODEL.BNNECK = True
+# Non-local blocks (Wang et al. 2018) in ResNet stages, as FastReID's WITH_NL: 2 in the
+# third stage and 3 in the fourth (resnet* and resnet50_ibn_a only).
+_C.MODEL.NON_LOCAL = False
+# Vision transformers (timm/<vit name>): the global feature, "token" (the class token) or
+# "mean" (the mean of the patch tokens).
+_C.MODEL.VIT_POOL = "token"
+# Vision transformers: the patch embedding's stride; 0 = the patch size (no overlap),
+# TransReID's overlapping patches use 12 with 16-pixel patches.
+_C.MODEL.VIT_STRIDE = 0
+# Stochastic depth (drop path) rate of backbones that have it (timm models), in [0, 1).
+_C.MODEL.DROP_PATH = 0.0
 
 # ---------------------------------------------------------------------------
 _C.INPUT = CN()
@@ -49,9 +60,13 @@ _C.INPUT.FLIP_PROB = 0.5
 _C.INPUT.PADDING = 10
 # Probability of random erasing (0 disables).
 _C.INPUT.RE_PROB = 0.5
-# Normalisation statistics (ImageNet), RGB in [0, 1].
-_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
-_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+# Normalisation statistics, RGB in [0, 1]; [] takes the backbone's own (ImageNet's for
+# ResNets, e.g. 0.5 for timm's ViTs, CLIP's for CLIP encoders). The run's config.yaml
+# records the values used, and export and FeatureExtractor apply them.
+_C.INPUT.PIXEL_MEAN = []
+_C.INPUT.PIXEL_STD = []
+# Probability of torchvision's AutoAugment ImageNet policy per training image (0 disables).
+_C.INPUT.AUTOAUGMENT_PROB = 0.0
 
 # ---------------------------------------------------------------------------
 _C.DATASETS = CN()
@@ -104,12 +119,24 @@ _C.SOLVER.IMS_PER_BATCH = 64
 # is set after every iteration from the true position in training (epoch + fraction done),
 # so decays fall exactly on STEPS although PK epochs differ in length.
 _C.SOLVER.SCHEDULER = "multistep"
+# cosine: hold the learning rate flat for the first DELAY_EPOCHS, then decay it to ETA_MIN_LR
+# at MAX_EPOCHS (FastReID's CosineAnnealing with DELAY_EPOCHS).
+_C.SOLVER.DELAY_EPOCHS = 0
+_C.SOLVER.ETA_MIN_LR = 0.0
 # Epochs at which the learning rate is multiplied by GAMMA.
 _C.SOLVER.STEPS = [40, 70]
 _C.SOLVER.GAMMA = 0.1
 # Linear warmup from BASE_LR * WARMUP_FACTOR over WARMUP_EPOCHS (0 disables).
 _C.SOLVER.WARMUP_FACTOR = 0.01
 _C.SOLVER.WARMUP_EPOCHS = 10
+# Linear warmup from BASE_LR * WARMUP_FACTOR over this many iterations instead (0 disables;
+# not together with WARMUP_EPOCHS).
+_C.SOLVER.WARMUP_ITERS = 0
+# Train only the head (neck, classifier, loss parameters) for the first FREEZE_ITERS
+# iterations, then the whole model (0 disables).
+_C.SOLVER.FREEZE_ITERS = 0
+# Clip the gradients' global L2 norm to this value before each step (0 disables).
+_C.SOLVER.CLIP_GRAD_NORM = 0.0
 # SGD learning rate of the center-loss centers (Bag-of-Tricks).
 _C.SOLVER.CENTER_LR = 0.5
 # Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU.
@@ -146,6 +173,10 @@ _C.LOSS.COSFACE_SCALE = 64.0
 # arcface (Deng et al. 2019): additive angular margin (radians) and scale.
 _C.LOSS.ARCFACE_MARGIN = 0.5
 _C.LOSS.ARCFACE_SCALE = 64.0
+# circle_softmax (Sun et al. 2020, classification form; FastReID's CircleSoftmax): relaxation
+# margin m and scale gamma.
+_C.LOSS.CIRCLE_SOFTMAX_MARGIN = 0.35
+_C.LOSS.CIRCLE_SOFTMAX_SCALE = 64.0
 
 # ---------------------------------------------------------------------------
 # Multi-process training under torchrun (no effect in a single process).

@@ -1,12 +1,15 @@
 """The ReID model (backbone + head) and its builder from the config."""
 
+import inspect
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.config import get_default_cfg
 from reid.errors import ReidError
 from reid.models.backbones import BACKBONES
 from reid.models.heads import BNNeckHead
@@ -68,11 +71,67 @@ class ReidModel(nn.Module):
         return F.normalize(out, dim=1) if self.feat_norm else out
 
 
+def backbone_options(cfg: CfgNode) -> dict[str, Any]:
+    """The options a backbone factory may take, from the config, keyed by argument name.
+
+    ``last_stride`` (``MODEL.LAST_STRIDE``), ``non_local`` (``MODEL.NON_LOCAL``),
+    ``img_size`` (``INPUT.SIZE_TRAIN``, ``(H, W)``: what a ViT's position embedding is
+    built for), ``vit_pool`` (``MODEL.VIT_POOL``), ``vit_stride`` (``MODEL.VIT_STRIDE``),
+    ``drop_path`` (``MODEL.DROP_PATH``).
+    """
+    return {
+        "last_stride": cfg.MODEL.LAST_STRIDE,
+        "non_local": cfg.MODEL.NON_LOCAL,
+        "img_size": tuple(cfg.INPUT.SIZE_TRAIN),
+        "vit_pool": cfg.MODEL.VIT_POOL,
+        "vit_stride": cfg.MODEL.VIT_STRIDE,
+        "drop_path": cfg.MODEL.DROP_PATH,
+    }
+
+
+# The config key of each option, for the error naming one a backbone does not take.
+_OPTION_KEYS = {
+    "last_stride": "MODEL.LAST_STRIDE",
+    "non_local": "MODEL.NON_LOCAL",
+    "img_size": "INPUT.SIZE_TRAIN",
+    "vit_pool": "MODEL.VIT_POOL",
+    "vit_stride": "MODEL.VIT_STRIDE",
+    "drop_path": "MODEL.DROP_PATH",
+}
+# Options that every backbone may ignore: a size, and the last stride of a backbone
+# without a last downsampling (the ViTs, OSNet keep theirs).
+_IGNORABLE = ("img_size", "last_stride")
+
+
+def build_backbone(name: str, options: dict[str, Any]) -> nn.Module:
+    """The backbone ``name`` built with the ``options`` its factory takes (its keyword
+    arguments). An option it does not take must be at its default: a ViT option asked of
+    a ResNet, or non-local blocks asked of a ViT, is an error naming the key.
+
+    Raises:
+        UnknownNameError: an unknown backbone name (listing the known ones).
+        ReidError: an option set that the backbone does not take.
+    """
+    factory = BACKBONES.get(name)
+    parameters = inspect.signature(factory).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    taken = {k: v for k, v in options.items() if takes_all or k in parameters}
+    defaults = backbone_options(get_default_cfg())
+    for key, value in options.items():
+        if key not in taken and key not in _IGNORABLE and value != defaults[key]:
+            raise ReidError(
+                f"{_OPTION_KEYS[key]} {value} is not supported by the backbone {name}; "
+                f"leave it at {defaults[key]}"
+            )
+    return factory(**taken)
+
+
 def build_model(cfg: CfgNode, num_classes: int, load_pretrained_weights: bool = True) -> ReidModel:
     """Builds the model described by ``cfg.MODEL`` and ``cfg.TEST``.
 
-    Reads ``MODEL.BACKBONE``, ``MODEL.LAST_STRIDE``, ``MODEL.POOLING``, ``MODEL.BNNECK``,
-    ``MODEL.PRETRAINED``, ``MODEL.PRETRAIN_PATH``, ``TEST.NECK_FEAT``, ``TEST.FEAT_NORM``.
+    Reads ``MODEL.BACKBONE`` and its options (:func:`backbone_options`),
+    ``MODEL.POOLING``, ``MODEL.BNNECK``, ``MODEL.PRETRAINED``, ``MODEL.PRETRAIN_PATH``,
+    ``TEST.NECK_FEAT``, ``TEST.FEAT_NORM``.
 
     Args:
         cfg: the config tree.
@@ -88,7 +147,7 @@ def build_model(cfg: CfgNode, num_classes: int, load_pretrained_weights: bool = 
             weights that cannot be found or do not fit.
     """
     name = cfg.MODEL.BACKBONE
-    backbone = BACKBONES.get(name)(last_stride=cfg.MODEL.LAST_STRIDE)
+    backbone = build_backbone(name, backbone_options(cfg))
     if cfg.MODEL.PRETRAINED and load_pretrained_weights:
         path = cfg.MODEL.PRETRAIN_PATH or find_cached_weights(name)
         load_pretrained(backbone, path, name=name)
