@@ -1,6 +1,7 @@
 """Backbones (every registered one), BNNeck head, model builder, pretrained loading."""
 
 import logging
+import urllib.error
 
 import pytest
 import torch
@@ -93,10 +94,11 @@ def test_osnet_parameter_counts_match_the_paper(name, paper):
 
 
 def test_osnet_ibn_has_instance_norm_early_only():
+    """As Torchreid's osnet_ibn_x1_0, whose ImageNet weights it loads: conv1 and conv2."""
     net = BACKBONES.get("osnet_ibn_x1_0")()
-    early = [net.conv1, net.conv2, net.conv3]
+    early, late = [net.conv1, net.conv2], [net.conv3, net.conv4, net.conv5]
     assert all(any(isinstance(m, nn.InstanceNorm2d) for m in stage.modules()) for stage in early)
-    assert not any(isinstance(m, nn.InstanceNorm2d) for m in net.conv4.modules())
+    assert not any(isinstance(m, nn.InstanceNorm2d) for stage in late for m in stage.modules())
 
 
 def test_bad_last_stride():
@@ -261,8 +263,16 @@ def test_load_pretrained_errors(tmp_path):
         load_pretrained(nn.Linear(2, 2), tmp_path / "nothing.pth")
     path = tmp_path / "other.pth"
     torch.save({"encoder.weight": torch.zeros(3)}, path)
-    with pytest.raises(ReidError, match="no parameter of .*other.pth matches backbone resnet18"):
+    with pytest.raises(
+        ReidError,
+        match=r"other.pth leaves most of backbone resnet18 uninitialised: copied 0 of 100 "
+        r"tensors .*; 100 missing: \[conv1.weight, .*; 1 unexpected: \[encoder.weight\]$",
+    ):
         load_pretrained(BACKBONES.get("resnet18")(), path, name="resnet18")
+
+
+def _offline(url: str, dst: str, *args, **kwargs) -> None:
+    raise urllib.error.URLError("no network in tests")
 
 
 def test_build_model_pretrained(tmp_path, monkeypatch):
@@ -272,11 +282,13 @@ def test_build_model_pretrained(tmp_path, monkeypatch):
     expected = _torchvision_resnet18_state()["conv1.weight"]
     assert torch.equal(model.backbone.conv1.weight, expected)
 
-    # Without a path, only torch's local hub cache is searched.
+    # Without a path, torch's hub cache comes before a download (offline here); the
+    # whole order is tested in test_pretrained.py.
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(ReidError, match="MODEL.PRETRAIN_PATH.*resnet18-f37072fd.pth"):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    with pytest.raises(ReidError, match="put that file at .*resnet18-f37072fd.pth, or set MODEL"):
         build_model(_cfg(PRETRAINED=True), num_classes=3)
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.save(_torchvision_resnet18_state(), tmp_path / "hub" / "checkpoints" / "resnet18-x.pth")
     model = build_model(_cfg(PRETRAINED=True), num_classes=3)
     assert torch.equal(model.backbone.conv1.weight, expected)

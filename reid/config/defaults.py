@@ -28,16 +28,19 @@ _C.MODEL.DEVICE = "auto"
 _C.MODEL.BACKBONE = "resnet50"
 # Stride of the last ResNet stage: 1 doubles the final feature map (Bag-of-Tricks).
 _C.MODEL.LAST_STRIDE = 1
-# Start from ImageNet weights: MODEL.PRETRAIN_PATH if set, else torchvision's local cache.
+# Start from ImageNet weights: MODEL.PRETRAIN_PATH if set, else the library's cache (torch
+# hub's for torchvision / IBN-a / OSNet files, timm's hub for timm/<name>), else downloaded
+# there on first use; offline with nothing cached, one line says which file to put where.
 _C.MODEL.PRETRAINED = False
-# A local state dict (torchvision-style or a reid checkpoint); never downloaded.
+# A local weights file (torchvision- or timm-style state dict, Torchreid's OSNet file, or a
+# reid checkpoint).
 _C.MODEL.PRETRAIN_PATH = ""
 # Global pooling of the backbone map: "avg", "max" or "gem" (learnable p).
 _C.MODEL.POOLING = "avg"
 # BNNeck: BatchNorm1d between the pooled feature and the classifier.
 _C.MODEL.BNNECK = True
-# Non-local blocks (Wang et al. 2018) in ResNet stages, as FastReID's WITH_NL: 2 in the
-# third stage and 3 in the fourth (resnet* and resnet50_ibn_a only).
+# Non-local blocks (Wang et al. 2018) after the last residual blocks of layer2 and layer3, as
+# FastReID's WITH_NL: 2 and 3 in resnet50 and resnet50_ibn_a, 2 and 9 in resnet101 / 152.
 _C.MODEL.NON_LOCAL = False
 # Vision transformers (timm/<vit name>): the global feature, "token" (the class token) or
 # "mean" (the mean of the patch tokens).

@@ -23,7 +23,14 @@ Lite 3x3 is a pointwise 1x1 conv then a depthwise 3x3 conv, BatchNorm, ReLU.
 The paper's network ends with global pooling and a 512-d fully connected embedding
 (FC + BN + ReLU); here the BNNeck head pools the conv5 map instead. Parameter counts
 (:func:`paper_parameter_count`) add that embedding back to compare with the paper.
+
+Torchreid's ImageNet weights (``osnet_x1_0_imagenet.pth`` and its siblings, from its
+model zoo) load unchanged: :meth:`OSNet.adapt_state_dict` renames Torchreid's module
+names to ours (:data:`TORCHREID_NAMES`); their 512-d ``fc`` embedding and ``classifier``
+have no counterpart here and are left out.
 """
+
+import re
 
 import torch
 from torch import nn
@@ -38,6 +45,44 @@ EMBEDDING_DIM = 512
 # Channel reduction inside the aggregation gate.
 _GATE_REDUCTION = 16
 _STREAMS = 4
+
+# Torchreid's OSNet names (torchreid/models/osnet.py) -> ours, as (pattern, replacement)
+# applied in order to each key; a key already in our layout matches none of them. Its
+# stages keep their transition inside (conv2.2 / conv3.2 = our pool2 / pool3), its OS
+# blocks name the reduce / expand / shortcut convs conv1 / conv3 / downsample and the
+# streams conv2a-conv2d, and its Lite 3x3 layers conv1 / conv2 / bn.
+_BLOCK = r"^(conv[234]\.[01])\."
+_LITE = r"^(conv[234]\.[01]\.streams\.\d\.\d)\."
+TORCHREID_NAMES: tuple[tuple[str, str], ...] = (
+    (r"^conv1\.conv\.", "conv1.0."),
+    (r"^conv1\.bn\.", "conv1.1."),
+    (r"^conv([23])\.2\.0\.conv\.", r"pool\1.0.0."),
+    (r"^conv([23])\.2\.0\.bn\.", r"pool\1.0.1."),
+    (r"^conv5\.conv\.", "conv5.0."),
+    (r"^conv5\.bn\.", "conv5.1."),
+    (_BLOCK + r"conv1\.conv\.", r"\1.reduce.0."),
+    (_BLOCK + r"conv1\.bn\.", r"\1.reduce.1."),
+    (_BLOCK + r"conv2a\.", r"\1.streams.0.0."),
+    (_BLOCK + r"conv2b\.", r"\1.streams.1."),
+    (_BLOCK + r"conv2c\.", r"\1.streams.2."),
+    (_BLOCK + r"conv2d\.", r"\1.streams.3."),
+    (_LITE + r"conv1\.", r"\1.0."),
+    (_LITE + r"conv2\.", r"\1.1."),
+    (_LITE + r"bn\.", r"\1.2."),
+    (_BLOCK + r"conv3\.conv\.", r"\1.expand.0."),
+    (_BLOCK + r"conv3\.bn\.", r"\1.expand.1."),
+    (_BLOCK + r"downsample\.conv\.", r"\1.shortcut.0."),
+    (_BLOCK + r"downsample\.bn\.", r"\1.shortcut.1."),
+    (_BLOCK + r"IN\.", r"\1.instance_norm."),
+)
+
+
+def from_torchreid_names(key: str) -> str:
+    """Our name for a key of Torchreid's OSNet (``conv2.0.conv2b.1.bn.weight`` ->
+    ``conv2.0.streams.1.1.2.weight``); other keys come back unchanged."""
+    for pattern, replacement in TORCHREID_NAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 def _conv_bn(
@@ -125,8 +170,8 @@ class OSNet(nn.Module):
         width: channel multiplier of the stages (1.0, 0.75, 0.5, 0.25).
         last_stride: 2, the paper's network (maps at H/16); 1 drops the pooling of the
             last transition (maps at H/8).
-        ibn: OSNet-IBN: instance normalisation in conv1 and after the conv2 and conv3
-            bottlenecks.
+        ibn: OSNet-IBN as Torchreid defines and releases it: instance normalisation in
+            conv1 and after each conv2 bottleneck.
 
     Attributes:
         out_channels: channels of the output map.
@@ -141,7 +186,7 @@ class OSNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.conv2 = nn.Sequential(OSBlock(c1, c2, ibn), OSBlock(c2, c2, ibn))
         self.pool2 = nn.Sequential(_conv_bn(c2, c2, 1), nn.AvgPool2d(2, stride=2))
-        self.conv3 = nn.Sequential(OSBlock(c2, c3, ibn), OSBlock(c3, c3, ibn))
+        self.conv3 = nn.Sequential(OSBlock(c2, c3), OSBlock(c3, c3))
         pool3 = nn.AvgPool2d(2, stride=2) if last_stride == 2 else nn.Identity()
         self.pool3 = nn.Sequential(_conv_bn(c3, c3, 1), pool3)
         self.conv4 = nn.Sequential(OSBlock(c3, c4), OSBlock(c4, c4))
@@ -157,6 +202,12 @@ class OSNet(nn.Module):
         x = self.pool2(self.conv2(x))
         x = self.pool3(self.conv3(x))
         return self.conv5(self.conv4(x))
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A weights file's tensors under our names: Torchreid's are renamed
+        (:func:`from_torchreid_names`), ours are kept. Called by
+        :func:`reid.models.pretrained.load_pretrained` before matching."""
+        return {from_torchreid_names(key): tensor for key, tensor in state_dict.items()}
 
 
 def paper_parameter_count(net: OSNet) -> int:
