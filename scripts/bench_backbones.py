@@ -1,7 +1,8 @@
-"""Every registered backbone (and the torchvision ones the tests cover): size, cost, speed.
+"""Every registered backbone (and some torchvision and timm ones): size, cost, speed.
 
 For each: parameters (backbone alone), output map at 256x128 with last stride 1 where
-the model allows it, GFLOPs of one image's forward pass (torch.utils.flop_counter,
+the model allows it (ViTs are built for 256x128 and give one pooled token, their last
+stride shown as "-"), GFLOPs of one image's forward pass (torch.utils.flop_counter,
 counting a multiply-add as 2 FLOPs), and CPU images/s in training (forward, loss,
 backward, with a BNNeck head of 751 identities) and in inference (test features).
 
@@ -12,6 +13,8 @@ process's torch threads.
 """
 
 import argparse
+import importlib.util
+import inspect
 import statistics
 import time
 
@@ -30,16 +33,31 @@ TORCHVISION = [
     "torchvision/mobilenet_v3_large",
     "torchvision/regnet_y_800mf",
 ]
+# Benchmarked when timm is installed (pip install "reidkit[timm]"); built with random
+# weights, so nothing is downloaded.
+TIMM = [
+    "timm/resnet50",
+    "timm/convnext_tiny",
+    "timm/vit_base_patch16_224",
+    "timm/vit_base_patch16_clip_224.openai",
+    "timm/vit_small_patch14_dinov2.lvd142m",
+]
 
 
-def build(name: str) -> tuple[ReidModel, int]:
-    """The backbone with a BNNeck head, at last stride 1 if it can, else 2."""
+def build(name: str) -> tuple[ReidModel, int | str]:
+    """The backbone with a BNNeck head, at last stride 1 if it can, else 2 ("-" for a
+    ViT, built for HEIGHT x WIDTH)."""
+    factory = BACKBONES.get(name)
+    sized = (
+        {"img_size": (HEIGHT, WIDTH)} if "img_size" in inspect.signature(factory).parameters else {}
+    )
     for last_stride in (1, 2):
         try:
-            backbone = BACKBONES.get(name)(last_stride=last_stride)
+            backbone = factory(last_stride=last_stride, **sized)
         except ReidError:
             continue
-        return ReidModel(backbone, BNNeckHead(backbone.out_channels, NUM_CLASSES)), last_stride
+        model = ReidModel(backbone, BNNeckHead(backbone.out_channels, NUM_CLASSES))
+        return model, "-" if getattr(backbone, "pooled", False) else last_stride
     raise ReidError(f"{name} builds with neither last stride")
 
 
@@ -95,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    names = args.only or BACKBONES.names() + TORCHVISION
+    timm = TIMM if importlib.util.find_spec("timm") else []
+    names = args.only or BACKBONES.names() + TORCHVISION + timm
     print(
         f"input {HEIGHT}x{WIDTH}, batch {args.batch_size}, CPU, {torch.get_num_threads()} threads"
     )

@@ -13,7 +13,7 @@ from reid.config import get_default_cfg
 from reid.errors import ReidError
 from reid.models.backbones import BACKBONES
 from reid.models.heads import BNNeckHead
-from reid.models.pretrained import find_cached_weights, load_pretrained
+from reid.models.pretrained import load_imagenet_weights
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +148,14 @@ def build_model(cfg: CfgNode, num_classes: int, load_pretrained_weights: bool = 
     """
     name = cfg.MODEL.BACKBONE
     backbone = build_backbone(name, backbone_options(cfg))
+    if getattr(backbone, "pooled", False) and cfg.MODEL.POOLING != "avg":
+        # Its 1x1 map is already the global feature (signed, which GeM's clamp would ruin).
+        raise ReidError(
+            f"{name} pools its tokens itself (MODEL.VIT_POOL); MODEL.POOLING must be avg "
+            f"(the identity on its 1x1 map), got {cfg.MODEL.POOLING}"
+        )
     if cfg.MODEL.PRETRAINED and load_pretrained_weights:
-        path = cfg.MODEL.PRETRAIN_PATH or find_cached_weights(name)
-        load_pretrained(backbone, path, name=name)
+        load_imagenet_weights(backbone, name, cfg.MODEL.PRETRAIN_PATH)
     elif cfg.MODEL.PRETRAIN_PATH and not cfg.MODEL.PRETRAINED:
         logger.warning(
             "MODEL.PRETRAIN_PATH=%s is ignored because MODEL.PRETRAINED is False",

@@ -16,7 +16,7 @@ from reid.registry import Registry
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 # Imported for their registration side effect; they need BACKBONES defined above.
-from reid.models.backbones import osnet, resnet, resnet_ibn, torchvision_zoo  # noqa: E402, F401
+from reid.models.backbones import osnet, resnet, resnet_ibn, timm_zoo, torchvision_zoo  # noqa: E402, F401
 
 # RGB mean and std in [0, 1] of ImageNet, which most weights were trained with.
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

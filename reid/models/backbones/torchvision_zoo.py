@@ -11,19 +11,17 @@ import difflib
 import functools
 from collections.abc import Callable
 
-import torch
 import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from reid.errors import ReidError, UnknownNameError
 from reid.models.backbones import BACKBONES
+from reid.models.backbones.last_stride import probe, remove_last_downsampling
 
 PREFIX = "torchvision/"
 # Graph nodes that pool the final map to a vector (module or functional form).
 _POOLING_NODES = ("avgpool", "mean", "adaptive_avg_pool2d")
-# Input used to discover a model's channels and strides (H, W).
-_PROBE_SIZE = (128, 64)
 
 
 def classification_models() -> list[str]:
@@ -76,45 +74,11 @@ def torchvision_backbone(model_name: str, last_stride: int = 1) -> nn.Module:
         output = next(node for node in graph.nodes if node.op == "output")
         output.args = (output.args[0]["map"],)  # return the map itself, not a dict
     body.recompile()
-    size = _probe(body)
+    size = probe(body)
     if last_stride == 1:
-        _remove_last_downsampling(body, f"{PREFIX}{model_name}", size)
+        remove_last_downsampling(body, f"{PREFIX}{model_name}", size)
     body.out_channels = size[0]
     return body.train()
-
-
-def _probe(body: nn.Module) -> tuple[int, int, int]:
-    """``(C, h, w)`` of the map for a ``_PROBE_SIZE`` input."""
-    with torch.no_grad():
-        fmap = body.eval()(torch.zeros(1, 3, *_PROBE_SIZE))
-    if fmap.dim() != 4:
-        raise ReidError(f"expected a (B, C, h, w) feature map, got shape {tuple(fmap.shape)}")
-    return tuple(fmap.shape[1:])
-
-
-def _remove_last_downsampling(body: nn.Module, name: str, size: tuple[int, int, int]) -> None:
-    """Sets stride 1 on the layers that produce the final resolution from a larger one."""
-    final = size[1:]
-    strided = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-    found: list[nn.Module] = []
-
-    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if tuple(output.shape[2:]) == final and inputs[0].shape[2] > output.shape[2]:
-            found.append(module)
-
-    hooks = [m.register_forward_hook(record) for m in body.modules() if isinstance(m, strided)]
-    _probe(body)
-    for hook in hooks:
-        hook.remove()
-    if not found:
-        raise ReidError(
-            f"{name} has no strided convolution or pooling at its last downsampling to set "
-            "to 1; use MODEL.LAST_STRIDE 2"
-        )
-    for module in found:
-        module.stride = (1, 1) if isinstance(module, nn.Conv2d) else 1
-    if _probe(body)[1] <= final[0]:
-        raise ReidError(f"{name}: removing the last stride did not enlarge the feature map")
 
 
 BACKBONES.register_family(PREFIX, resolve)
