@@ -168,6 +168,7 @@ def build_train_loader(cfg: CfgNode, records: Sequence[Record]) -> DataLoader:
         flip_prob=cfg.INPUT.FLIP_PROB,
         padding=cfg.INPUT.PADDING,
         erase_prob=cfg.INPUT.RE_PROB,
+        autoaugment_prob=cfg.INPUT.AUTOAUGMENT_PROB,
     )
     sampler = PKSampler(
         [r.pid for r in records],

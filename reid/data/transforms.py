@@ -15,19 +15,33 @@ def build_train_transform(
     flip_prob: float = 0.5,
     padding: int = 10,
     erase_prob: float = 0.5,
+    autoaugment_prob: float = 0.0,
 ) -> v2.Compose:
-    """Resize, random flip, pad + random crop, normalise, random erasing.
+    """AutoAugment, resize, random flip, pad + random crop, normalise, random erasing.
 
     Each augmentation is left out when its probability / padding is 0. Erased
-    regions are filled with 0, the mean pixel after normalisation.
+    regions are filled with 0, the mean pixel after normalisation. AutoAugment
+    (torchvision's ImageNet policy) sees the image as loaded, before the resize, as in
+    FastReID. Every random draw comes from torch's global generator, which
+    :class:`reid.data.ImageDataset` seeds per sample.
 
     Args:
         size: output ``[H, W]``.
+        autoaugment_prob: probability of AutoAugment per image.
 
     Returns:
         A transform from a PIL image to a float tensor (3, H, W).
     """
-    steps: list[torch.nn.Module] = [v2.Resize(tuple(size))]
+    steps: list[torch.nn.Module] = []
+    if autoaugment_prob > 0:
+        autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        # Always on: no coin drawn, so the draws are exactly torchvision's AutoAugment's.
+        steps.append(
+            autoaugment
+            if autoaugment_prob >= 1
+            else v2.RandomApply([autoaugment], autoaugment_prob)
+        )
+    steps.append(v2.Resize(tuple(size)))
     if flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(flip_prob))
     if padding > 0:

@@ -1,10 +1,11 @@
-"""Losses: registered terms (cross-entropy, triplet, center, circle, CosFace, ArcFace)
-and their weighted sum."""
+"""Losses: registered terms (cross-entropy, triplet, center, circle, CosFace, ArcFace,
+circle-softmax) and their weighted sum."""
 
 from reid.losses import (  # noqa: F401  (register the terms)
     arcface,
     center,
     circle,
+    circle_softmax,
     cosface,
     cross_entropy,
     multi_similarity,
@@ -14,6 +15,7 @@ from reid.losses.arcface import ArcFace
 from reid.losses.build import ReidLoss, build_loss
 from reid.losses.center import CenterLoss
 from reid.losses.circle import CircleLoss
+from reid.losses.circle_softmax import CircleSoftmax
 from reid.losses.cosface import CosFace
 from reid.losses.cross_entropy import CrossEntropy
 from reid.losses.multi_similarity import MultiSimilarityLoss
@@ -26,6 +28,7 @@ __all__ = [
     "ArcFace",
     "CenterLoss",
     "CircleLoss",
+    "CircleSoftmax",
     "CosFace",
     "CrossEntropy",
     "MultiSimilarityLoss",

@@ -60,9 +60,10 @@ class ReidLoss(nn.Module):
             Scalars keyed by term name (each already multiplied by its weight),
             ``"total"``, and the terms' diagnostics keyed ``"<term>.<name>"`` (e.g.
             ``"triplet.active"``), which are logged but not part of the total. A term
-            that classifies (cross-entropy, CosFace, ArcFace) reports its batch
-            accuracy as the diagnostic ``acc``; the first such term in ``LOSS.NAMES``
-            order (weight > 0) gives ``"acc"``, the others ``"<term>.acc"``. Without a
+            that classifies (cross-entropy, CosFace, ArcFace, circle-softmax) reports
+            its batch accuracy as the diagnostic ``acc``; the first such term in
+            ``LOSS.NAMES`` order (weight > 0) gives ``"acc"``, the others
+            ``"<term>.acc"``. Without a
             classifying term there is no ``"acc"``: no classifier is being trained.
         """
         losses: dict[str, torch.Tensor] = {}

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from reid.models.backbones import BACKBONES
-from reid.models.backbones.resnet import ResNetBackbone
+from reid.models.backbones.resnet import ResNetBackbone, non_local_blocks
 
 
 class IBN(nn.Module):
@@ -54,6 +54,11 @@ def _with_ibn_a(net: tv_resnet.ResNet) -> tv_resnet.ResNet:
 
 
 @BACKBONES.register("resnet50_ibn_a")
-def resnet50_ibn_a(last_stride: int = 1) -> ResNetBackbone:
-    """ResNet-50-IBN-a backbone, 2048 output channels."""
-    return ResNetBackbone(_with_ibn_a(tv_resnet.resnet50(weights=None)), last_stride=last_stride)
+def resnet50_ibn_a(last_stride: int = 1, non_local: bool = False) -> ResNetBackbone:
+    """ResNet-50-IBN-a backbone, 2048 output channels; ``non_local`` adds ResNet-50's
+    non-local blocks (FastReID's SBS R50-ibn)."""
+    return ResNetBackbone(
+        _with_ibn_a(tv_resnet.resnet50(weights=None)),
+        last_stride=last_stride,
+        non_local_blocks=non_local_blocks("resnet50", non_local),
+    )
