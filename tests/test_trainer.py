@@ -1,6 +1,7 @@
 """The Trainer's safety: stop on non-finite values, save before evaluating, stop cleanly on
 SIGTERM / SIGINT and resume to the very same result. A tiny model on random vectors."""
 
+import copy
 import json
 import math
 import signal
@@ -21,7 +22,7 @@ from reid.engine.trainer import NonFiniteError, Trainer, TrainingInterrupted
 from reid.errors import ReidError
 from reid.evaluation import evaluate_rank
 from reid.losses import build_loss
-from reid.solver import EpochScheduler, build_scheduler
+from reid.solver import EpochScheduler, LearningRateSchedule, build_scheduler
 
 NUM_IDS, PER_ID, DIM = 8, 5, 16
 MAX_EPOCHS = 3
@@ -99,7 +100,7 @@ def _trainer(
         optimizer,
         build_scheduler(load_cfg(opts=["SOLVER.WARMUP_EPOCHS", "0", *schedule]), optimizer)
         if schedule
-        else EpochScheduler(optimizer, lambda position: 1.0),
+        else EpochScheduler(optimizer, LearningRateSchedule()),
         loader,
         device=torch.device("cpu"),
         max_epochs=MAX_EPOCHS,
@@ -394,3 +395,131 @@ def test_several_test_sets_get_their_own_tags_and_entries_and_best_is_their_mean
             (3, pytest.approx(values[1])),
         ]
     assert "eval/mAP" not in events.Tags()["scalars"]
+
+
+def _snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+
+
+def test_warmup_in_iterations_counts_steps_across_uneven_epochs(tmp_path: Path) -> None:
+    """WARMUP_ITERS 14 from 0.1x: step i trains at 0.05 * (0.1 + 0.9 * i / 14), through
+    epochs of 6 and 5 steps into the third, then at 0.05 (no epoch length converts it)."""
+    schedule = ("SOLVER.WARMUP_ITERS", "14", "SOLVER.WARMUP_FACTOR", "0.1", "SOLVER.STEPS", "[]")
+    trainer = _trainer(tmp_path, schedule=schedule)
+    seen = _recording_lr(trainer)
+    trainer.train()
+    assert (seen[6][:2], seen[11][:2]) == ((1, 0), (2, 0))
+    expected = [0.05 * (0.1 + 0.9 * min(step, 14) / 14) for step in range(len(seen))]
+    assert [lr for _, _, lr in seen] == pytest.approx(expected, rel=1e-12)
+
+
+def test_frozen_parts_stay_unchanged_for_freeze_iters_then_train(tmp_path: Path) -> None:
+    """The first 7 steps leave the frozen embedding and BatchNorm (weights and running
+    statistics) untouched, in eval mode, while the classifier trains; from step 8 on
+    (mid-epoch) everything trains."""
+    trainer = _trainer(tmp_path, freeze_iters=7, frozen=("embed", "neck"))
+    model, run_step = trainer.model, trainer.run_step
+    initial, states, modes = _snapshot(trainer), [], []
+
+    def recording(images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
+        modes.append((model.embed.training, model.neck.training, model.classifier.training))
+        values = run_step(images, pids)
+        states.append(_snapshot(trainer))
+        return values
+
+    trainer.run_step = recording
+    trainer.train()
+    frozen = ["embed.weight", "embed.bias", "neck.weight", "neck.bias", "neck.running_mean"]
+    moving = ["embed.weight", "neck.weight", "neck.running_mean"]  # embed.bias: BN cancels it
+    previous = initial
+    for step, state in enumerate(states):
+        for name in frozen if step < 7 else []:
+            assert torch.equal(state[name], initial[name]), (step, name)
+        for name in ["classifier.weight"] + (moving if step >= 7 else []):
+            assert not torch.equal(state[name], previous[name]), (step, name)
+        previous = state
+    assert modes == [(False, False, True)] * 7 + [(True, True, True)] * (len(modes) - 7)
+
+
+def test_freezing_a_part_the_model_lacks_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ReidError, match="cannot freeze 'backbone'.*parts: dropout, embed, neck"):
+        _trainer(tmp_path, freeze_iters=5)
+
+
+def test_clipping_steps_with_the_gradients_scaled_to_the_norm(tmp_path: Path) -> None:
+    """One step by hand: the gradients' global L2 norm is above 0.05, so SGD's first step
+    (momentum buffer = gradient) moves each weight by lr * g * 0.05 / norm."""
+    max_norm, lr = 0.05, 0.05
+    trainer = _trainer(tmp_path, clip_grad_norm=max_norm)
+    images, pids, _ = next(iter(trainer.train_loader))
+    trainer.model.train()
+    before = copy.deepcopy(trainer.model)
+    torch.manual_seed(1)  # the same dropout draws in both forwards
+    trainer.run_step(images, pids)
+    torch.manual_seed(1)
+    loss = trainer.loss_fn(before(images), pids)["total"]
+    grads = torch.autograd.grad(loss, list(before.parameters()))
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+    assert norm > 2 * max_norm  # the clip acts
+    stepped = zip(trainer.model.parameters(), before.parameters(), grads, strict=True)
+    for after, start, grad in stepped:
+        expected = start - lr * grad * max_norm / (norm + 1e-6)
+        torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_per_parameter_clipping_scales_each_gradient_to_its_own_norm(tmp_path: Path) -> None:
+    """FastReID's clipping: a parameter whose gradient norm is above 0.05 moves by
+    lr * g * 0.05 / |g|, the others by lr * g, whatever the global norm."""
+    max_norm, lr = 0.05, 0.05
+    trainer = _trainer(tmp_path, clip_grad_norm=max_norm, clip_per_parameter=True)
+    images, pids, _ = next(iter(trainer.train_loader))
+    trainer.model.train()
+    before = copy.deepcopy(trainer.model)
+    torch.manual_seed(1)
+    trainer.run_step(images, pids)
+    torch.manual_seed(1)
+    loss = trainer.loss_fn(before(images), pids)["total"]
+    grads = torch.autograd.grad(loss, list(before.parameters()))
+    norms = [float(g.norm()) for g in grads]
+    assert min(norms) < max_norm < max(norms)  # some clipped, some not
+    stepped = zip(trainer.model.parameters(), before.parameters(), grads, norms, strict=True)
+    for after, start, grad, norm in stepped:
+        scale = max_norm / (norm + 1e-6) if norm > max_norm else 1.0
+        torch.testing.assert_close(after, start - lr * grad * scale, rtol=1e-5, atol=1e-8)
+
+
+def test_clipping_acts_on_the_unscaled_gradients_of_a_loss_scaler(tmp_path: Path) -> None:
+    """fp16's loss scaling (here a CPU GradScaler at 1024) changes nothing: the gradients
+    are unscaled before their norm is clipped."""
+    weights = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        trainer = _trainer(tmp_path / str(scaler is None), clip_grad_norm=0.05)
+        trainer.scaler = scaler or trainer.scaler
+        images, pids, _ = next(iter(trainer.train_loader))
+        trainer.model.train()
+        torch.manual_seed(1)
+        trainer.run_step(images, pids)
+        weights.append(_snapshot(trainer))
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-6, atol=1e-9)
+
+
+def test_resuming_mid_warmup_and_mid_freeze_gives_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Stopped after 8 steps of a 10-iteration warmup and a 9-iteration freeze, with
+    clipping: the resumed run ends with the uninterrupted run's weights and metrics."""
+    options = {
+        "schedule": ("SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1"),
+        "freeze_iters": 9,
+        "frozen": ("embed",),
+        "clip_grad_norm": 0.5,
+    }
+    whole = _trainer(tmp_path / "whole", **options)
+    uninterrupted = (whole.train(), _snapshot(whole))
+    stopping = _trainer(tmp_path / "stopped", _stopping_at(1, 1, signal.SIGTERM), **options)
+    with pytest.raises(TrainingInterrupted):
+        stopping.train()
+    assert load_checkpoint(tmp_path / "stopped" / "last.pth")["global_step"] == 8
+    resumed = _resume(tmp_path / "stopped", **options)
+    assert resumed.freezing
+    assert resumed.optimizer.param_groups[0]["lr"] < 0.05  # still warming up
+    _assert_same_run(resumed, resumed.train(), uninterrupted)

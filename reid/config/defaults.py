@@ -140,6 +140,9 @@ _C.SOLVER.WARMUP_ITERS = 0
 _C.SOLVER.FREEZE_ITERS = 0
 # Clip the gradients' global L2 norm to this value before each step (0 disables).
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
+# Clip each parameter's gradient norm on its own instead of the global norm (FastReID's
+# CLIP_TYPE norm, a per-parameter clipper).
+_C.SOLVER.CLIP_GRAD_PER_PARAM = False
 # SGD learning rate of the center-loss centers (Bag-of-Tricks).
 _C.SOLVER.CENTER_LR = 0.5
 # Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU.

@@ -6,7 +6,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,8 +77,9 @@ class Trainer:
             train mode.
         loss_fn: maps ``(outputs, pids)`` to a dict of named terms plus ``"total"``.
         optimizer: steps the model's parameters.
-        scheduler: sets the learning rate from the position in training, in epochs
-            (:class:`reid.solver.EpochScheduler`); told it after every iteration.
+        scheduler: sets the learning rate from the position in training, in epochs, and
+            the iterations done (:class:`reid.solver.EpochScheduler`); told them after
+            every iteration.
         train_loader: yields ``(images, pids, camids)`` in PK batches; its batch
             sampler's ``set_epoch(epoch, start_batch)`` fixes each epoch's order.
         device: where the model lives.
@@ -96,6 +97,23 @@ class Trainer:
         handle_signals: catch SIGTERM / SIGINT as described above (main thread only).
         sync_batchnorm: with several ranks, BatchNorm statistics over the global batch
             (:func:`reid.models.sync_bn.convert_sync_batchnorm`), as in one process.
+        freeze_iters: for the first this many iterations of training, leave the model's
+            ``frozen`` parts unchanged and train the rest (FastReID's ``FREEZE_ITERS``):
+            those parts run in eval mode (BatchNorm keeps and uses its running statistics,
+            dropout is off) and their gradients are dropped before the optimizer step, so
+            the optimizer neither moves them nor decays them nor updates their moments.
+            Gradients are still computed, so under DDP every parameter gets one in every
+            step, as it requires. 0 trains everything from the start.
+        frozen: names of the model's direct children frozen by ``freeze_iters``.
+        clip_grad_norm: before each optimizer step, rescale the gradients of the
+            optimizer's parameters so that their global L2 norm is at most this
+            (``torch.nn.utils.clip_grad_norm_``; fp16 gradients are unscaled first);
+            0 disables. The loss's own optimizer (center-loss centers) is not clipped.
+        clip_per_parameter: clip each parameter's gradient norm to ``clip_grad_norm`` on
+            its own (FastReID's clipping) instead of their global norm.
+
+    Raises:
+        ReidError: a ``frozen`` name that is not a child of the model.
     """
 
     def __init__(
@@ -118,6 +136,10 @@ class Trainer:
         config: str = "",
         handle_signals: bool = True,
         sync_batchnorm: bool = True,
+        freeze_iters: int = 0,
+        frozen: Sequence[str] = ("backbone",),
+        clip_grad_norm: float = 0.0,
+        clip_per_parameter: bool = False,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -133,6 +155,16 @@ class Trainer:
         self.loss_optimizer = loss_optimizer
         self.config = config
         self.handle_signals = handle_signals
+        self.freeze_iters = freeze_iters
+        self.frozen = tuple(frozen) if freeze_iters > 0 else ()
+        children = dict(model.named_children())
+        if missing := [name for name in self.frozen if name not in children]:
+            raise ReidError(
+                f"cannot freeze {missing[0]!r} for the first {freeze_iters} iterations: the "
+                f"model has no such part; its parts: {', '.join(children)}"
+            )
+        self.clip_grad_norm = clip_grad_norm
+        self.clip_per_parameter = clip_per_parameter
         on_cuda = device.type == "cuda"
         self.amp_dtype = None
         if amp and on_cuda:
@@ -173,8 +205,26 @@ class Trainer:
         """``OUTPUT_DIR/last.pth``, the checkpoint ``--resume`` continues from."""
         return self.output_dir / "last.pth"
 
+    @property
+    def freezing(self) -> bool:
+        """Whether the coming iteration leaves the ``frozen`` parts unchanged."""
+        return self.global_step < self.freeze_iters
+
+    def _frozen_parameters(self) -> Iterator[nn.Parameter]:
+        for name in self.frozen:
+            yield from getattr(self.model, name).parameters()
+
+    def _set_frozen_mode(self) -> None:
+        """Frozen parts in eval mode while freezing, back in train mode at its end."""
+        if self.global_step <= self.freeze_iters:
+            for name in self.frozen:
+                getattr(self.model, name).train(not self.freezing)
+
     def run_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
         """One iteration: forward, loss, backward, optimizer step.
+
+        While :attr:`freezing`, the frozen parts' gradients are dropped before the step;
+        with ``clip_grad_norm``, the gradients are clipped before it.
 
         Args:
             images: (B, 3, H, W) on the device.
@@ -192,6 +242,14 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         distributed.average_gradients(self.loss_fn.parameters())  # DDP does the model's
+        if self.freezing:
+            for parameter in self._frozen_parameters():
+                parameter.grad = None
+        if self.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # the norm of the true gradients
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            for clipped in [[p] for p in parameters] if self.clip_per_parameter else [parameters]:
+                nn.utils.clip_grad_norm_(clipped, self.clip_grad_norm)
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
@@ -244,7 +302,7 @@ class Trainer:
             _set_rng_states(self._resume_rng)
             self._resume_rng = None
         sums = dict(self._resume_sums) if first else {}
-        self.scheduler.step_to(epoch + first / num_batches)
+        self.scheduler.step_to(epoch + first / num_batches, self.global_step)
         bar = tqdm(
             batches,
             total=num_batches,
@@ -257,10 +315,11 @@ class Trainer:
         for step, (images, pids, _) in enumerate(bar, start=first):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             lr = self.optimizer.param_groups[0]["lr"]
+            self._set_frozen_mode()
             values = self.run_step(images, pids.to(self.device, non_blocking=True))
             values = distributed.mean_over_ranks(values)  # what one process would log
-            self.scheduler.step_to(epoch + (step + 1) / num_batches)
             self.global_step += 1
+            self.scheduler.step_to(epoch + (step + 1) / num_batches, self.global_step)
             self._log_scalars("train_iter", {**values, "lr": lr}, self.global_step)
             where = f"epoch {epoch + 1}, iteration {step + 1}/{num_batches}"
             if not all(math.isfinite(value) for value in values.values()):

@@ -77,6 +77,9 @@ def main() -> None:
             channels_last=cfg.SOLVER.CHANNELS_LAST,
             config=cfg.dump(),
             sync_batchnorm=cfg.DISTRIBUTED.SYNC_BN,
+            freeze_iters=cfg.SOLVER.FREEZE_ITERS,
+            clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
+            clip_per_parameter=cfg.SOLVER.CLIP_GRAD_PER_PARAM,
         )
         if args.resume:
             state = load_checkpoint(out / "last.pth", RESUME_ENTRIES, purpose="resume training")
