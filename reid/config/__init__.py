@@ -102,18 +102,19 @@ def load_cfg(
 
 
 def _fill_pixel_stats(cfg: CN) -> None:
-    """Empty ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD`` become the backbone's own statistics, so
-    that the resolved config (a run's ``config.yaml``) records what was used. An unknown
+    """An empty ``INPUT.PIXEL_MEAN`` or ``PIXEL_STD`` becomes the backbone's own, so that
+    the resolved config (a run's ``config.yaml``) records what was used. An unknown
     backbone leaves them empty: ``build_model`` names it with the available ones."""
-    if cfg.INPUT.PIXEL_MEAN:
+    if cfg.INPUT.PIXEL_MEAN and cfg.INPUT.PIXEL_STD:
         return
     from reid.models.backbones import pixel_stats  # imports torch: only when needed
 
     try:
-        mean, std = pixel_stats(cfg.MODEL.BACKBONE)
+        stats = pixel_stats(cfg.MODEL.BACKBONE)
     except UnknownNameError:
         return
-    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = [float(v) for v in mean], [float(v) for v in std]
+    for key, values in zip(("PIXEL_MEAN", "PIXEL_STD"), stats, strict=True):
+        cfg.INPUT[key] = cfg.INPUT[key] or [float(v) for v in values]
 
 
 def _imports_override(modules: list[str]) -> str:
@@ -389,7 +390,7 @@ def _check(cfg: CN) -> None:
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise ConfigError(f"{key} must be [H, W] with two positive integers; got {size}")
     for key in ("INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD"):
-        stats = _get(cfg, key)
+        stats = [_as_float(v) for v in _get(cfg, key)]  # YAML reads 1e-1 as text
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in stats)
         if len(stats) not in (0, 3) or not numbers or not all(map(math.isfinite, stats)):
             raise ConfigError(
@@ -397,11 +398,6 @@ def _check(cfg: CN) -> None:
             )
         *parents, leaf = key.split(".")
         _get(cfg, ".".join(parents))[leaf] = [float(v) for v in stats]
-    if len(cfg.INPUT.PIXEL_MEAN) != len(cfg.INPUT.PIXEL_STD):
-        raise ConfigError(
-            "INPUT.PIXEL_MEAN and INPUT.PIXEL_STD must both list 3 values or both be empty; "
-            f"got {cfg.INPUT.PIXEL_MEAN} and {cfg.INPUT.PIXEL_STD}"
-        )
     if cfg.INPUT.PIXEL_STD and min(cfg.INPUT.PIXEL_STD) <= 0:
         raise ConfigError(f"INPUT.PIXEL_STD must be positive; got {cfg.INPUT.PIXEL_STD}")
     if cfg.SOLVER.WARMUP_EPOCHS > 0 and cfg.SOLVER.WARMUP_ITERS > 0:
