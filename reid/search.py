@@ -36,6 +36,7 @@ INDEX_NAME = ".reid_index.npz"
 FEATURE_KEYS = (
     "IMPORTS",
     "MODEL.",
+    "INPUT.SIZE_TRAIN",  # a ViT's position embedding is built for it
     "INPUT.SIZE_TEST",
     "INPUT.PIXEL_MEAN",
     "INPUT.PIXEL_STD",

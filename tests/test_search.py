@@ -33,6 +33,7 @@ OPTS = ["MODEL.BACKBONE", "resnet18", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.DEVI
 # input size and pixel statistics, and the test feature options.
 CHANGES_FEATURES = (
     "IMPORTS",
+    "INPUT.SIZE_TRAIN",  # a ViT is built for it
     "INPUT.SIZE_TEST",
     "INPUT.PIXEL_MEAN",
     "INPUT.PIXEL_STD",

@@ -103,6 +103,9 @@ _OPTION_KEYS = {
 _IGNORABLE = ("img_size", "last_stride")
 
 
+_DEFAULT_OPTIONS = backbone_options(get_default_cfg())
+
+
 def build_backbone(name: str, options: dict[str, Any]) -> nn.Module:
     """The backbone ``name`` built with the ``options`` its factory takes (its keyword
     arguments). An option it does not take must be at its default: a ViT option asked of
@@ -116,12 +119,11 @@ def build_backbone(name: str, options: dict[str, Any]) -> nn.Module:
     parameters = inspect.signature(factory).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     taken = {k: v for k, v in options.items() if takes_all or k in parameters}
-    defaults = backbone_options(get_default_cfg())
     for key, value in options.items():
-        if key not in taken and key not in _IGNORABLE and value != defaults[key]:
+        if key not in taken and key not in _IGNORABLE and value != _DEFAULT_OPTIONS[key]:
             raise ReidError(
                 f"{_OPTION_KEYS[key]} {value} is not supported by the backbone {name}; "
-                f"leave it at {defaults[key]}"
+                f"leave it at {_DEFAULT_OPTIONS[key]}"
             )
     return factory(**taken)
 
