@@ -54,6 +54,7 @@ def test_backbone_output_shape(name):
     assert unstrided == (2 * strided[0], 2 * strided[1])
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_backbones_at_256x128(name):
     backbone = BACKBONES.get(f"torchvision/{name}")(last_stride=1).train()

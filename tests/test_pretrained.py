@@ -359,6 +359,7 @@ def torchreid_osnet(name: str, seed: int = 0) -> TorchreidLayoutOSNet:
     return net.eval()
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 @pytest.mark.parametrize("name", list(TORCHREID_OSNETS))
 def test_torchreid_osnet_imagenet_weights_give_the_same_features(name, tmp_path, caplog):
     reference = torchreid_osnet(name)

@@ -80,6 +80,7 @@ _EXPECTED_NON_LOCAL = {
 }
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 @pytest.mark.parametrize("name", sorted(_EXPECTED_NON_LOCAL))
 def test_non_local_blocks_per_stage_follow_the_last_residual_blocks(name):
     backbone = BACKBONES.get(name)(non_local=True).eval()
@@ -134,6 +135,7 @@ def test_resnet_with_non_local_equals_the_resnet_at_init(name):
         assert torch.equal(with_nl.eval()(images), plain.eval()(images))
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 def test_imagenet_weights_load_into_the_resnet_part(tmp_path: Path):
     torch.manual_seed(0)
     imagenet = torchvision.models.resnet50().state_dict()
@@ -162,6 +164,7 @@ def test_non_local_option_from_the_config():
             build_backbone(name, options)
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 def test_model_with_non_local_trains_a_step():
     """At init only the blocks' BatchNorm gets a gradient (the rest sits behind its zero
     scale); after one step every block parameter does, and the blocks act."""
@@ -354,6 +357,7 @@ def test_autoaugment_prob_one_is_torchvision_autoaugment_before_the_resize():
     assert changed >= 10
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 def test_autoaugment_applied_in_about_p_of_the_images():
     image = _picture().resize((8, 16))
     transform = _transform(0.3, flip_prob=0.0, padding=0, erase_prob=0.0)

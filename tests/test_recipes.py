@@ -249,6 +249,7 @@ def test_clip_takes_its_pixel_statistics_from_the_backbone() -> None:
     assert not {"INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD"} & set(flatten(text))
 
 
+@pytest.mark.slow  # model building: in the full suite, kept out of the quick loop
 @pytest.mark.parametrize("name", ["market_sbs", "market_vit", "market_clip"])
 def test_the_recipes_build_their_model_and_loss(name: str) -> None:
     """Backbone and loss names resolve only at build time: build each (no weights loaded),
