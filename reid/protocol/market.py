@@ -3,7 +3,7 @@ and the same without camera ids."""
 
 import numpy as np
 
-from reid.protocol.registry import PROTOCOLS, Split
+from reid.protocol.registry import PROTOCOLS, Split, sides_as_cameras
 
 
 @PROTOCOLS.register("market")
@@ -23,10 +23,4 @@ def no_cameras(pids: np.ndarray, camids: np.ndarray, num_query: int) -> list[Spl
     (Under Market's rule, equal "no camera" labels would leave out every match.)
     """
     num_gallery = len(pids) - num_query
-    return [Split(slice(None), num_query, _sides(num_query, num_gallery))]
-
-
-def _sides(num_query: int, num_gallery: int) -> np.ndarray:
-    """Camera labels 0 for the queries and 1 for the gallery: the rule, which leaves out
-    only same-camera matches, then leaves out none."""
-    return np.repeat(np.array([0, 1]), [num_query, num_gallery])
+    return [Split(slice(None), num_query, sides_as_cameras(num_query, num_gallery))]

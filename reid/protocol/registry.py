@@ -26,3 +26,9 @@ class Split(NamedTuple):
 # A protocol maps the test images' pids (N,), camera ids (N,) and the number of query
 # records among them to its splits; the metrics are averaged over the splits.
 PROTOCOLS = Registry("evaluation protocol")
+
+
+def sides_as_cameras(num_query: int, num_gallery: int) -> np.ndarray:
+    """``(Q + G,)`` camera labels 0 for the queries and 1 for the gallery, for protocols
+    without cameras: the rule, which leaves out only same-camera matches, leaves out none."""
+    return np.repeat(np.array([0, 1]), [num_query, num_gallery])

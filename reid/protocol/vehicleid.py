@@ -3,8 +3,7 @@ vehicle, the other images as queries, repeated and averaged."""
 
 import numpy as np
 
-from reid.protocol.market import _sides
-from reid.protocol.registry import PROTOCOLS, Split
+from reid.protocol.registry import PROTOCOLS, Split, sides_as_cameras
 
 # The number of random splits averaged, and the seed that makes them the same every time.
 TRIALS = 10
@@ -33,4 +32,5 @@ def _draw(pids: np.ndarray, rng: np.random.Generator) -> Split:
     counts = np.diff(np.r_[starts, len(pids)])
     gallery = np.sort(order[starts + rng.integers(0, counts)])
     query = np.setdiff1d(np.arange(len(pids)), gallery)
-    return Split(np.concatenate([query, gallery]), len(query), _sides(len(query), len(gallery)))
+    rows = np.concatenate([query, gallery])
+    return Split(rows, len(query), sides_as_cameras(len(query), len(gallery)))
