@@ -24,7 +24,6 @@ from reid.errors import ReidError
 from reid.evaluation.evaluator import embed
 from reid.evaluation.feature_ranking import pairwise_distance
 from reid.models import ReidModel
-from reid.models.backbones import IMAGENET_STATS
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +31,6 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "features"
 # What the graph takes, written into its metadata for whoever runs it.
 INPUT_CONVENTION = "uint8 RGB (N, 3, H, W) at input_size, not normalised"
-# The float profile's input: what trackers (BoxMOT and most tracking code) send.
-FLOAT_INPUT_CONVENTION = (
-    "float32 RGB (N, 3, H, W) at input_size, scaled to [0, 1] and normalised with "
-    f"ImageNet mean {list(IMAGENET_STATS[0])} and std {list(IMAGENET_STATS[1])}"
-)
-# --input: the graph's input profile -> its convention.
-INPUT_PROFILES = {"uint8": INPUT_CONVENTION, "float": FLOAT_INPUT_CONVENTION}
 # Parity thresholds of every export (fp32).
 MAX_ABS_DIFF = 1e-4
 MIN_COSINE = 0.99999
@@ -68,8 +60,6 @@ class DeployModel(nn.Module):
         flip: average each image's features with its mirror's (``TEST.FLIP``).
     """
 
-    input_dtype = torch.uint8
-
     def __init__(
         self, model: ReidModel, mean: Sequence[float], std: Sequence[float], flip: bool
     ) -> None:
@@ -88,60 +78,6 @@ class DeployModel(nn.Module):
         return embed(self.model, TF.normalize(x, self.mean, self.std), self.flip)
 
 
-class FloatInputDeployModel(nn.Module):
-    """ImageNet-normalised float32 RGB images -> test features: the trackers' profile.
-
-    The caller scales to [0, 1] and normalises with ImageNet's mean and std, as BoxMOT
-    does. A model trained with other statistics (``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``,
-    e.g. 0.5 / 0.5 for a ViT) gets its own normalisation back through one affine map,
-    ``x * std_in / std + (mean_in - mean) / std``, so the caller never needs to know.
-    With ImageNet statistics the input goes to the model untouched.
-
-    Args:
-        model: the trained model.
-        mean, std: ``INPUT.PIXEL_MEAN`` / ``INPUT.PIXEL_STD``, RGB in [0, 1].
-        flip: average each image's features with its mirror's (``TEST.FLIP``).
-    """
-
-    input_dtype = torch.float32
-
-    def __init__(
-        self, model: ReidModel, mean: Sequence[float], std: Sequence[float], flip: bool
-    ) -> None:
-        super().__init__()
-        self.model = model.eval()
-        self.mean, self.std = list(mean), list(std)
-        self.flip = flip
-        mean_in, std_in = (torch.tensor(v, dtype=torch.float64) for v in IMAGENET_STATS)
-        model_mean = torch.tensor(self.mean, dtype=torch.float64)
-        model_std = torch.tensor(self.std, dtype=torch.float64)
-        # Folded in float64, so the only rounding left is the graph's one multiply-add.
-        scale, shift = std_in / model_std, (mean_in - model_mean) / model_std
-        # The run's own statistics are ImageNet's: nothing to convert, not even a rounding.
-        self.convert = not (torch.equal(scale, torch.ones_like(scale)) and not shift.any())
-        self.register_buffer("scale", scale.float().view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", shift.float().view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def feat_dim(self) -> int:
-        return self.model.feat_dim
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Maps ImageNet-normalised float32 ``(N, 3, H, W)`` to features ``(N, D)``."""
-        x = images * self.scale + self.shift if self.convert else images
-        return embed(self.model, x, self.flip)
-
-
-def tracker_input(pixels: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(N, 3, H, W)`` -> what a tracker feeds a float-profile graph.
-
-    float32, /255, then ``(x - mean) / std`` with ImageNet's statistics: BoxMOT's
-    arithmetic, in float32.
-    """
-    mean, std = (np.asarray(v, dtype=np.float32).reshape(1, 3, 1, 1) for v in IMAGENET_STATS)
-    return np.ascontiguousarray((pixels.astype(np.float32) / 255.0 - mean) / std)
-
-
 @dataclass(frozen=True)
 class OnnxMetadata:
     """What an exported graph says about itself (its ``metadata_props``)."""
@@ -156,60 +92,21 @@ class OnnxMetadata:
     source_checkpoint: str
     source_sha256: str
     backbone: str
-    # "uint8" or "float" (INPUT_PROFILES); graphs exported before profiles are uint8.
-    input_profile: str = "uint8"
 
     def to_props(self) -> dict[str, str]:
         """Every field, and the input convention, as JSON text."""
-        values = {**self.__dict__, "input": INPUT_PROFILES[self.input_profile]}
+        values = {**self.__dict__, "input": INPUT_CONVENTION}
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> OnnxMetadata:
-        optional = {"input_profile"}
         try:
-            values = {
-                key: json.loads(props[key])
-                for key in cls.__dataclass_fields__
-                if key in props or key not in optional
-            }
+            values = {key: json.loads(props[key]) for key in cls.__dataclass_fields__}
         except (KeyError, ValueError) as err:
             raise ReidError(
                 f"{source} has no reid metadata ({err}); export it with tools/export.py"
             ) from None
-        if values.get("input_profile", "uint8") not in INPUT_PROFILES:
-            raise ReidError(
-                f"{source}: unknown input profile {values['input_profile']!r}; "
-                f"expected one of {', '.join(INPUT_PROFILES)}"
-            )
         return cls(**{**values, "input_size": tuple(values["input_size"])})
-
-    def boxmot_sidecar(self, num_classes: int | None) -> dict:
-        """BoxMOT's artifact metadata (``<file>.onnx.metadata.json``) of a float graph.
-
-        BoxMOT reads the crop size from ``model_kwargs.img_size`` ([H, W]) and picks its
-        normalisation by ``model_name`` (0.5 / 0.5 for names containing "clip", ImageNet
-        otherwise); the float graph expects ImageNet, so the name never contains "clip".
-        """
-        height, width = self.input_size
-        name = self.backbone.replace("clip", "vl")
-        return {
-            "schema_version": 1,
-            "model_name": name,
-            "num_classes": num_classes,
-            "source": self.source_checkpoint,
-            "source_sha256": self.source_sha256,
-            "preprocess": "resize",
-            "model_kwargs_schema_version": 1,
-            "model_kwargs": {"img_size": [height, width]},
-            "img_size": [height, width],
-        }
-
-
-def boxmot_sidecar_path(graph: str | Path) -> Path:
-    """Where BoxMOT looks for a graph's metadata: ``<file>.onnx.metadata.json``."""
-    graph = Path(graph)
-    return graph.with_name(f"{graph.name}.metadata.json")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -221,14 +118,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def export_onnx(
-    module: DeployModel | FloatInputDeployModel,
-    metadata: OnnxMetadata,
-    out: Path,
-    opset: int | None,
-    *,
-    downgrade: bool = False,
-) -> None:
+def export_onnx(module: DeployModel, metadata: OnnxMetadata, out: Path, opset: int | None) -> None:
     """Writes ``module`` as an ONNX graph with a dynamic batch axis and ``metadata``.
 
     Args:
@@ -236,8 +126,6 @@ def export_onnx(
         metadata: stored in the graph's ``metadata_props``.
         out: the ``.onnx`` file to write.
         opset: ONNX opset; None lets torch choose.
-        downgrade: when torch writes a newer opset than ``opset`` (its lowest is 18),
-            convert the graph down with ONNX's version converter.
 
     Raises:
         ReidError: onnx / onnxscript missing, the exporter failed, or it could not
@@ -246,7 +134,7 @@ def export_onnx(
     onnx = _import_optional("onnx")
     _import_optional("onnxscript")  # torch.onnx's exporter builds the graph with it
     height, width = metadata.input_size
-    example = torch.zeros(2, 3, height, width, dtype=module.input_dtype)
+    example = torch.zeros(2, 3, height, width, dtype=torch.uint8)
     # An opset torch cannot convert to is logged by onnxscript with a traceback; the
     # opset check below says it in one line instead.
     converter = logging.getLogger("onnxscript.version_converter")
@@ -271,8 +159,6 @@ def export_onnx(
         converter.setLevel(level)
     graph = onnx.load(str(out))
     written = next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
-    if downgrade and opset is not None and written > opset:
-        graph, written = _convert_down(onnx, graph, opset), opset
     if opset is not None and written != opset:  # torch falls back to its lowest quietly
         raise ReidError(
             f"--opset {opset} cannot be honoured: torch's exporter wrote opset {written}; "
@@ -284,34 +170,8 @@ def export_onnx(
     onnx.save(graph, str(out))
 
 
-def _convert_down(onnx, graph, opset: int):
-    """``graph`` at the older ``opset``, checked.
-
-    ONNX's converter moves the Reduce ops' axes from an input (opset 18) to an attribute
-    but keeps ``noop_with_empty_axes``, which before 18 only ReduceSum has; with the axes
-    given it changes nothing, so it is dropped.
-    """
-    from onnx import version_converter
-
-    try:
-        converted = version_converter.convert_version(graph, opset)
-        for node in converted.graph.node:
-            if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
-                kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
-                del node.attribute[:]
-                node.attribute.extend(kept)
-        onnx.checker.check_model(converted)
-    except Exception as err:  # the converter and the checker raise several types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ReidError(f"cannot convert the graph to opset {opset}: {reason}") from None
-    return converted
-
-
 class OnnxModel:
     """An exported graph run by ONNX Runtime: uint8 ``(N, 3, H, W)`` -> features ``(N, D)``.
-
-    A float-profile graph is fed the uint8 pixels converted by :func:`tracker_input`,
-    as a tracker would, so both profiles take the same call.
 
     Args:
         path: the ``.onnx`` file.
@@ -346,8 +206,6 @@ class OnnxModel:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         """Features of a uint8 ``(N, 3, H, W)`` batch, float32 ``(N, D)`` on the CPU."""
-        if self.metadata.input_profile == "float":
-            images = tracker_input(images)
         (features,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: images})
         return torch.from_numpy(features)
 

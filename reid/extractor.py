@@ -146,16 +146,6 @@ class FeatureExtractor:
             return torch.empty(0, self.feat_dim)
         return torch.cat(feats)
 
-    def batch_pixels(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """The model's uint8 input ``(N, 3, H, W)`` of the images that :meth:`__call__`
-        accepts, resized as it resizes them."""
-        items = _as_list(images)
-        for index, item in enumerate(items):
-            _check_item(index, item)
-        height, width = self.size
-        pixels = [self.pixels(_to_pil(i, item)) for i, item in enumerate(items)]
-        return np.stack(pixels) if pixels else np.empty((0, 3, height, width), np.uint8)
-
     def pixels(self, image: Image.Image) -> np.ndarray:
         """An RGB image as the model's input: uint8 ``(3, H, W)`` at the test size."""
         return np.asarray(resize_for_test(image, self.size)).transpose(2, 0, 1)

@@ -1,19 +1,13 @@
 """Export a trained run to ONNX, proving it computes the same features:
 python tools/export.py --run OUTPUT_DIR [--weights best.pth] [--out model.onnx] [--opset N]
-    [--input uint8 | float] [--flip | --no-flip] [--parity-images DIR]
+    [--flip | --no-flip] [--parity-images DIR]
 
-With --input uint8 (the default) the graph takes uint8 RGB (N, 3, H, W) at
-INPUT.SIZE_TEST and normalises inside. With --input float, the profile of trackers such
-as BoxMOT, it takes float32 RGB (N, 3, H, W) that the caller scaled to [0, 1] and
-normalised with ImageNet's mean and std, and converts to the run's INPUT.PIXEL_MEAN /
-PIXEL_STD inside; it is written at opset 17 unless --opset says otherwise, with BoxMOT's
-sidecar <out>.metadata.json (the crop size) beside it. The graph's metadata records the
-input convention and the source checkpoint. Flip averaging is inside
+The graph takes uint8 RGB (N, 3, H, W) at INPUT.SIZE_TEST and normalises inside; its
+metadata records that convention and the source checkpoint. Flip averaging is inside
 the graph when the run evaluated with it (TEST.FLIP), unless --flip / --no-flip says
 otherwise. After writing, the graph is run in ONNX Runtime and compared with the
-PyTorch model on parity images, fed as the graph is fed (float: resized, /255,
-ImageNet-normalised); a failed check keeps nothing and exits non-zero. The parity
-images are, in this order of preference:
+PyTorch FeatureExtractor on parity images; a failed check keeps nothing and exits
+non-zero. The parity images are, in this order of preference:
 - --parity-images DIR: up to 64 images found under DIR (recursively, any names), spread
   evenly over their sorted paths; every fourth of those is a query, the others the
   gallery (16 queries x 48 gallery images from 64 or more images);
@@ -24,34 +18,23 @@ The first line printed says which were used.
 """
 
 import argparse
-import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from yacs.config import CfgNode
 
 from reid.data import build_dataset, test_set_names
 from reid.data.datasets import DatasetError
 from reid.data.synthetic import draw_pedestrians
-from reid.deploy import (
-    INPUT_PROFILES,
-    FloatInputDeployModel,
-    OnnxMetadata,
-    boxmot_sidecar_path,
-    compare_features,
-    export_onnx,
-    file_sha256,
-    tracker_input,
-)
+from reid.deploy import OnnxMetadata, compare_features, export_onnx, file_sha256
 from reid.errors import ReidError
 from reid.extractor import FeatureExtractor, ImageInput, resolve_run
 from reid.search import find_images
 from reid.utils.cli import IMPORTS_HELP, ToolParser, module_list, run_cli
-from reid.utils.io import make_output_dir, write_text
+from reid.utils.io import make_output_dir
 from reid.utils.logging import setup_logging
 
 logger = logging.getLogger("reid.export")
@@ -62,8 +45,6 @@ PARITY_QUERIES, PARITY_GALLERY = 16, 48
 MIN_PARITY_IMAGES = 4
 # Without images on disk: identities drawn, each seen once as a query, then in the gallery.
 SYNTHETIC_IDENTITIES, SYNTHETIC_VIEWS = PARITY_QUERIES, 4
-# The float profile's opset: what trackers' ONNX Runtime builds all run.
-FLOAT_OPSET = 17
 
 
 def main() -> None:
@@ -71,18 +52,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a training's OUTPUT_DIR")
     parser.add_argument("--weights", help="checkpoint (default: the run's best.pth)")
     parser.add_argument("--out", help="the .onnx file (default: RUN/model.onnx)")
-    parser.add_argument(
-        "--opset",
-        type=int,
-        help=f"ONNX opset (default: {FLOAT_OPSET} for --input float, else torch's choice)",
-    )
-    parser.add_argument(
-        "--input",
-        default="uint8",
-        choices=list(INPUT_PROFILES),
-        help="the graph's input: uint8 RGB pixels (default), or float32 RGB scaled to [0, 1] "
-        "and ImageNet-normalised, as trackers such as BoxMOT send",
-    )
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: torch's choice)")
     parser.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
@@ -129,7 +99,6 @@ def main() -> None:
         source_checkpoint=str(weights.resolve()),
         source_sha256=file_sha256(weights),
         backbone=cfg.MODEL.BACKBONE,
-        input_profile=args.input,
     )
     images, num_query, origin = _parity_images(cfg, args.parity_images)
     print(f"parity images: {origin}")
@@ -139,37 +108,18 @@ def main() -> None:
     os.close(handle)
     tmp = Path(name)
     try:
-        if args.input == "float":
-            module = FloatInputDeployModel(
-                pytorch.backend.model, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip
-            )
-            opset = FLOAT_OPSET if args.opset is None else args.opset
-            export_onnx(module, metadata, tmp, opset, downgrade=True)
-            # PyTorch fed what the graph is fed: the pixels resized, /255, ImageNet-normalised.
-            with torch.inference_mode():
-                reference = module(torch.from_numpy(tracker_input(pytorch.batch_pixels(images))))
-        else:
-            export_onnx(pytorch.backend, metadata, tmp, args.opset)
-            reference = pytorch(images)
-        # The extractor feeds a float graph tracker_input(pixels), as above.
+        export_onnx(pytorch.backend, metadata, tmp, args.opset)
         report = compare_features(
-            reference, FeatureExtractor(tmp, device="cpu")(images), num_query, cfg.TEST.METRIC
+            pytorch(images), FeatureExtractor(tmp, device="cpu")(images), num_query, cfg.TEST.METRIC
         )
         print(report)
         if not report.ok:
             raise ReidError(f"parity check failed, nothing written: {report}")
-        if args.input == "float":
-            num_classes = getattr(pytorch.backend.model.head, "num_classes", None)
-            sidecar = json.dumps(metadata.boxmot_sidecar(num_classes), indent=2) + "\n"
-            write_text(boxmot_sidecar_path(out), sidecar)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     height, width = metadata.input_size
-    kind = "uint8 RGB" if args.input == "uint8" else "ImageNet-normalised float32 RGB"
-    print(f"wrote {out}: {kind} (N, 3, {height}, {width}) -> {metadata.feat_dim}-d features")
-    if args.input == "float":
-        print(f"wrote {boxmot_sidecar_path(out)}: BoxMOT's metadata (img_size [{height}, {width}])")
+    print(f"wrote {out}: uint8 RGB (N, 3, {height}, {width}) -> {metadata.feat_dim}-d features")
 
 
 def _parity_images(cfg: CfgNode, folder: str | None) -> tuple[list[ImageInput], int, str]:
