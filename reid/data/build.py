@@ -82,6 +82,7 @@ def combine_train(datasets: Sequence[ReidDataset], combine_all: bool = False) ->
         The records, dataset by dataset, with labels ``0..P-1`` and disjoint cameras.
     """
     combined: list[Record] = []
+    next_pid = next_camera = 0  # the first label and camera id of the next dataset's
     for dataset in datasets:
         parts = [dataset.train]
         if combine_all:  # pid 0 marks distractors, unless a query has it (VehicleID's 0)
@@ -92,23 +93,25 @@ def combine_train(datasets: Sequence[ReidDataset], combine_all: bool = False) ->
                 if r.pid > DISTRACTOR_PID or r.pid in queried
             ]
             parts.append(relabel(tested))
-        camera_offset = 1 + max((r.camid for r in combined if r.camid != NO_CAMERA), default=-1)
-        for part in parts:
-            pid_offset = len({r.pid for r in combined})
+        camera_offset = next_camera
+        for part in parts:  # each part's labels run over 0..n-1
             combined += [
                 Record(
                     r.path,
-                    r.pid + pid_offset,
+                    r.pid + next_pid,
                     r.camid if r.camid == NO_CAMERA else r.camid + camera_offset,
                 )
                 for r in part
             ]
+            next_pid += len({r.pid for r in part})
+            cameras = [r.camid for r in part if r.camid != NO_CAMERA]
+            next_camera = max(next_camera, camera_offset + 1 + max(cameras, default=-1))
     if combine_all or len(datasets) > 1:
         logger.info(
             "training on %s%s: %d identities, %d images",
             " + ".join(d.name for d in datasets),
             " (train + query + gallery)" if combine_all else "",
-            len({r.pid for r in combined}),
+            next_pid,
             len(combined),
         )
     return combined
@@ -120,13 +123,16 @@ class RunData:
 
     Attributes:
         train: :func:`combine_train` of ``DATASETS.NAMES`` (labels ``0..num_classes-1``).
-        num_classes: the number of training identities.
         tests: the ``DATASETS.TESTS`` (or ``NAMES``) by name, each with its protocol.
     """
 
     train: list[Record]
-    num_classes: int
     tests: dict[str, ReidDataset]
+
+    @property
+    def num_classes(self) -> int:
+        """The number of training identities (the classifier's size)."""
+        return len({r.pid for r in self.train})
 
 
 def build_run_data(cfg: CfgNode) -> RunData:
@@ -139,7 +145,7 @@ def build_run_data(cfg: CfgNode) -> RunData:
         logger.warning(
             "DATASETS.COMBINEALL: the metrics of %s are on images trained on", ", ".join(seen)
         )
-    return RunData(train, len({r.pid for r in train}), {n: datasets[n] for n in tests})
+    return RunData(train, {n: datasets[n] for n in tests})
 
 
 def ignore_stop_signals(worker_id: int) -> None:

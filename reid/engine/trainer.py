@@ -347,8 +347,8 @@ class Trainer:
     def log_metrics(self, per_set: dict[str, dict[str, float]], epoch: int) -> None:
         """Logs each test set's metrics to the log and TensorBoard (at the epoch as step):
         tags ``eval/<metric>`` for one set, ``eval/<set>/<metric>`` for several."""
+        several = len(per_set) > 1
         for name, metrics in per_set.items():
-            several = len(per_set) > 1
             self._log_scalars(f"eval/{name}" if several else "eval", metrics, epoch)
             text = " ".join(f"{key} {100 * value:.2f}%" for key, value in metrics.items())
             logger.info("epoch %d evaluation%s: %s", epoch, f" of {name}" if several else "", text)
