@@ -88,12 +88,13 @@ def re_ranking(
     if not 0.0 <= lambda_value <= 1.0:
         raise InputError(f"lambda_value must be in [0, 1], got {lambda_value}")
     query, gallery = as_features(query_feats, gallery_feats)
-    device = compute_device(device, query)
+    device = compute_device(device, query, gallery)
     num_query, num_gallery = query.shape[0], gallery.shape[0]
     num_all = num_query + num_gallery
     out = np.empty((num_query, num_gallery), dtype=np.float32)
 
-    feats = torch.cat([query, gallery]).to(device=device, dtype=torch.float32)
+    # Each side moved first: the two may come from different devices.
+    feats = torch.cat([x.to(device=device, dtype=torch.float32) for x in (query, gallery)])
     num_neighbours = min(max(k1 + 1, k2), num_all)
     top_dist, top_index, row_max = _nearest_neighbours(
         feats, num_neighbours, max(block_size, num_neighbours), out, num_query
@@ -152,7 +153,7 @@ def alpha_query_expansion(
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
     query, gallery = as_features(query_feats, gallery_feats)
-    device = compute_device(device, query)
+    device = compute_device(device, query, gallery)
     query = F.normalize(query.to(device=device, dtype=torch.float32), dim=1)
     gallery = F.normalize(gallery.to(device=device, dtype=torch.float32), dim=1)
     if expand_gallery and k > 1:
