@@ -9,6 +9,7 @@ Example::
     distmat = torch.cdist(feats, feats)
 
     onnx = FeatureExtractor("output/market_r50/model.onnx")  # the same, in ONNX Runtime
+    ir = FeatureExtractor("output/market_r50/model.xml")  # the same, in OpenVINO
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from yacs.config import CfgNode
 from reid.config import import_plugins, load_cfg
 from reid.data.image_dataset import read_image, to_rgb
 from reid.data.transforms import resize_for_test
-from reid.deploy import DeployModel, OnnxModel
+from reid.deploy import DeployModel, format_of, load_exported
 from reid.engine.checkpoint import build_trained_model
 from reid.errors import ReidError
 from reid.utils.env import resolve_device
@@ -45,10 +46,11 @@ _EXPECTED = "an image path, a PIL image, a uint8 array (H, W, 3) or a uint8 tens
 class FeatureExtractor:
     """Loads a trained model once and maps images to its test features.
 
-    The model is a run (PyTorch) or a graph exported by ``tools/export.py`` (ONNX
-    Runtime); both take the same inputs and give the same features. Each image is
-    resized to the test size by :func:`reid.data.transforms.resize_for_test`, the
-    resize evaluation uses, and fed as uint8 pixels to the model, which normalises
+    The model is a run (PyTorch) or a model exported by ``tools/export.py`` (ONNX
+    Runtime, OpenVINO or TensorRT); all take the same inputs and give the same
+    features. Each image is resized to the test size by
+    :func:`reid.data.transforms.resize_for_test`, the resize evaluation uses, and fed
+    as uint8 pixels to the model, which normalises
     them (``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``) and returns what evaluation ranks
     with: the ``TEST.NECK_FEAT`` feature, L2-normalised when ``TEST.FEAT_NORM``, and
     with ``TEST.FLIP`` the mean of the image's and its mirror's features. With
@@ -57,19 +59,21 @@ class FeatureExtractor:
 
     Args:
         model: a run directory (its ``config.yaml`` is read), a YAML config file or
-            a config tree, or an exported ``.onnx`` file.
+            a config tree, or an exported model: ``.onnx``, ``.xml`` (OpenVINO) or
+            ``.engine`` (TensorRT).
         weights: for a run: a checkpoint (``{"model": state_dict, ...}``). By default
             a run directory's ``best.pth``, else its ``last.pth``; for a config file or
-            tree, its ``TEST.WEIGHT``. Not used with ``.onnx``.
+            tree, its ``TEST.WEIGHT``. Not used with an exported model.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``-style names (ONNX
-            Runtime: CUDA when onnxruntime-gpu provides it).
+            Runtime: CUDA when onnxruntime-gpu provides it; OpenVINO: ``"auto"`` is the
+            CPU, or an OpenVINO device such as ``"GPU"``; TensorRT: a CUDA device).
         batch_size: images per forward pass.
         imports: the plugin modules (backbones, poolings...) to import, e.g.
             ``("my_project.backbones",)``. A run's ``config.yaml`` may list ``IMPORTS``;
             importing a module runs its code, so a config file's list is imported only
             when you name the modules here (your list replaces the file's). By default a
             config file that lists ``IMPORTS`` is refused with one line naming them.
-            For a config tree, these modules are imported. Not used with ``.onnx``.
+            For a config tree, these modules are imported. Not used with an exported model.
 
     Raises:
         ReidError: a missing or unreadable config, checkpoint or graph, no weights to
@@ -89,8 +93,8 @@ class FeatureExtractor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ReidError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = batch_size
-        if isinstance(model, str | Path) and Path(model).suffix == ".onnx":
-            self.backend = OnnxModel(model, device)
+        if isinstance(model, str | Path) and format_of(model) is not None:
+            self.backend = load_exported(model, device)
             self.size = self.backend.metadata.input_size
             self.feat_dim = self.backend.metadata.feat_dim
             self.metric = self.backend.metadata.metric
@@ -146,14 +150,24 @@ class FeatureExtractor:
             return torch.empty(0, self.feat_dim)
         return torch.cat(feats)
 
+    def batch_pixels(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """The model's uint8 input ``(N, 3, H, W)`` of the images that :meth:`__call__`
+        accepts, resized as it resizes them."""
+        items = _as_list(images)
+        for index, item in enumerate(items):
+            _check_item(index, item)
+        height, width = self.size
+        pixels = [self.pixels(_to_pil(i, item)) for i, item in enumerate(items)]
+        return np.stack(pixels) if pixels else np.empty((0, 3, height, width), np.uint8)
+
     def pixels(self, image: Image.Image) -> np.ndarray:
         """An RGB image as the model's input: uint8 ``(3, H, W)`` at the test size."""
         return np.asarray(resize_for_test(image, self.size)).transpose(2, 0, 1)
 
     def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
         """Features ``(N, D)`` float32 on the CPU of a uint8 ``(N, 3, H, W)`` batch."""
-        if isinstance(self.backend, OnnxModel):
-            return self.backend(np.ascontiguousarray(pixels))
+        if not isinstance(self.backend, DeployModel):
+            return self.backend(pixels)
         with torch.inference_mode():
             feats = self.backend(torch.from_numpy(pixels).to(self.device)).cpu()
         # Cloned outside inference mode: an ordinary tensor, which callers may modify.

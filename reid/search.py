@@ -21,7 +21,7 @@ from yacs.config import CfgNode
 from reid import __version__
 from reid.config import flatten
 from reid.data.datasets.market import IMAGE_SUFFIXES
-from reid.deploy import OnnxModel, file_sha256
+from reid.deploy import DeployModel, file_sha256, format_of
 from reid.errors import ReidError
 from reid.extractor import FeatureExtractor
 from reid.utils.io import atomic_write
@@ -70,9 +70,11 @@ def find_images(root: str | Path) -> list[Path]:
 
 def model_fingerprint(extractor: FeatureExtractor) -> str:
     """Identifies the features an extractor computes: :func:`run_fingerprint` of its run,
-    or for an exported graph the graph's content (which holds its input options)."""
-    if isinstance(extractor.backend, OnnxModel):
-        return _digest({"graph": file_sha256(extractor.source)})
+    or for an exported model the content of its files (which hold its input options)."""
+    if not isinstance(extractor.backend, DeployModel):
+        hashes = [file_sha256(path) for path in format_of(extractor.source).files(extractor.source)]
+        # One file (ONNX) is hashed as before formats, so its indexes stay valid.
+        return _digest({"graph": hashes[0] if len(hashes) == 1 else hashes})
     return run_fingerprint(extractor.cfg, extractor.source)
 
 
