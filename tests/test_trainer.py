@@ -148,24 +148,30 @@ def _assert_same_run(trainer: Trainer, metrics: dict, uninterrupted: tuple[dict,
         assert torch.equal(tensor, expected_weights[name]), name
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_epoch_saves_that_iteration_and_resumes_identically(
-    tmp_path: Path, uninterrupted: tuple[dict, dict], signum: int
+@pytest.mark.parametrize(
+    ("signum", "log_period", "saved"),
+    [(signal.SIGTERM, 1, 2), (signal.SIGINT, 1, 2), (signal.SIGTERM, 3, 3)],
+)
+def test_signal_mid_epoch_saves_at_the_period_end_and_resumes_identically(
+    tmp_path: Path, uninterrupted: tuple[dict, dict], signum: int, log_period: int, saved: int
 ) -> None:
-    stopping = _trainer(tmp_path, _stopping_at(epoch=1, iteration=1, signum=signum))
+    # The signal comes during the second iteration; the stop is at its period's end.
+    stopping = _trainer(
+        tmp_path, _stopping_at(epoch=1, iteration=1, signum=signum), log_period=log_period
+    )
     previous_handler = signal.getsignal(signum)
     with pytest.raises(TrainingInterrupted) as info:
         stopping.train()
     assert signal.getsignal(signum) == previous_handler  # restored
     name = signal.Signals(signum).name
-    assert str(info.value).startswith(f"stopped by {name} at epoch 2, iteration 2/")
+    assert str(info.value).startswith(f"stopped by {name} at epoch 2, iteration {saved}/")
     assert "continue with --resume" in str(info.value)
     assert info.value.exit_code == 128 + signum
     state = load_checkpoint(tmp_path / "last.pth")
-    assert (state["epoch"], state["iteration"]) == (1, 2)
+    assert (state["epoch"], state["iteration"]) == (1, saved)
 
     resumed = _resume(tmp_path)
-    assert (resumed.start_epoch, resumed.start_iteration) == (1, 2)
+    assert (resumed.start_epoch, resumed.start_iteration) == (1, saved)
     _assert_same_run(resumed, resumed.train(), uninterrupted)
 
 
@@ -289,8 +295,10 @@ def _recording_lr(trainer: Trainer) -> list[tuple[int, int, float]]:
 def test_the_schedule_follows_the_true_position_over_uneven_epochs(tmp_path: Path) -> None:
     """PK epochs of this sampler have 6, 5 and 6 batches. The decay configured at epoch 1
     and 2 hits exactly the first step of those epochs, and nothing in between; the
-    TensorBoard step rises by one every iteration."""
-    trainer = _trainer(tmp_path, schedule=("SOLVER.STEPS", "[1, 2]", "SOLVER.GAMMA", "0.1"))
+    TensorBoard step counts iterations, logged at the end of each logging period (2
+    iterations) and of each epoch."""
+    schedule = ("SOLVER.STEPS", "[1, 2]", "SOLVER.GAMMA", "0.1")
+    trainer = _trainer(tmp_path, schedule=schedule, log_period=2)
     sampler = trainer.train_loader.batch_sampler
     lengths = [len(sampler._batches(epoch)) for epoch in range(MAX_EPOCHS)]
     assert len(set(lengths)) > 1  # the point of the test: epochs differ in length
@@ -304,7 +312,12 @@ def test_the_schedule_follows_the_true_position_over_uneven_epochs(tmp_path: Pat
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     steps = [event.step for event in events.Scalars("train_iter/total")]
-    assert steps == list(range(1, sum(lengths) + 1))
+    period_ends = [
+        sum(lengths[:epoch]) + min(end, lengths[epoch])
+        for epoch in range(MAX_EPOCHS)
+        for end in range(2, lengths[epoch] + 2, 2)
+    ]
+    assert steps == period_ends
     epoch_steps = [event.step for event in events.Scalars("train/total")]
     assert epoch_steps == [sum(lengths[: epoch + 1]) for epoch in range(MAX_EPOCHS)]
 
@@ -327,10 +340,12 @@ def test_cosine_ends_at_its_minimum_when_training_does(tmp_path: Path) -> None:
 
 def test_a_resumed_run_takes_up_the_schedule_where_it_stopped(tmp_path: Path) -> None:
     schedule = ("SOLVER.STEPS", "[1, 2]")
-    stopping = _trainer(tmp_path, _stopping_at(1, 2, signal.SIGTERM), schedule=schedule)
+    stopping = _trainer(
+        tmp_path, _stopping_at(1, 2, signal.SIGTERM), schedule=schedule, log_period=1
+    )
     with pytest.raises(TrainingInterrupted):
         stopping.train()
-    resumed = _trainer(tmp_path, schedule=schedule)
+    resumed = _trainer(tmp_path, schedule=schedule, log_period=1)
     resumed.load_state(load_checkpoint(tmp_path / "last.pth"), "last.pth")
     seen = _recording_lr(resumed)
     resumed.train()
@@ -343,10 +358,10 @@ def test_a_resumed_run_takes_up_the_schedule_where_it_stopped(tmp_path: Path) ->
 
 def test_tensorboard_keeps_what_was_logged_before_a_stop(tmp_path: Path) -> None:
     """The writer is flushed and closed on every exit: SIGTERM, NaN, evaluation error."""
-    stopping = _trainer(tmp_path / "term", _stopping_at(0, 2, signal.SIGTERM))
-    nan = _trainer(tmp_path / "nan")
+    stopping = _trainer(tmp_path / "term", _stopping_at(0, 2, signal.SIGTERM), log_period=1)
+    nan = _trainer(tmp_path / "nan", log_period=1)
     nan.loss_fn = NaNAt(first_nan_call=4)
-    failing = _trainer(tmp_path / "eval")
+    failing = _trainer(tmp_path / "eval", log_period=1)
 
     def broken() -> dict[str, float]:
         raise ReidError("cannot read image query/0001.jpg")
@@ -512,6 +527,7 @@ def test_resuming_mid_warmup_and_mid_freeze_gives_the_uninterrupted_run(tmp_path
         "freeze_iters": 9,
         "frozen": ("embed",),
         "clip_grad_norm": 0.5,
+        "log_period": 1,  # the stop comes at the iteration of the signal
     }
     whole = _trainer(tmp_path / "whole", **options)
     uninterrupted = (whole.train(), _snapshot(whole))
@@ -523,3 +539,116 @@ def test_resuming_mid_warmup_and_mid_freeze_gives_the_uninterrupted_run(tmp_path
     assert resumed.freezing
     assert resumed.optimizer.param_groups[0]["lr"] < 0.05  # still warming up
     _assert_same_run(resumed, resumed.train(), uninterrupted)
+
+
+# Tensor methods that read a value back to the host: on a GPU, each waits for the device.
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "nonzero")
+
+
+class HostReads:
+    """Counts calls of :data:`HOST_READS` and boolean-mask indexing, while ``counting``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counting, self.calls = False, []
+        for name in HOST_READS:
+            monkeypatch.setattr(
+                torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name))
+            )
+        getitem = torch.Tensor.__getitem__
+
+        def indexed(tensor, key):
+            keys = key if isinstance(key, tuple) else (key,)
+            if any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in keys):
+                self._count("boolean indexing")
+            return getitem(tensor, key)
+
+        monkeypatch.setattr(torch.Tensor, "__getitem__", indexed)
+
+    def _count(self, name: str) -> None:
+        if self.counting:
+            self.calls.append(name)
+
+    def _counted(self, name: str, method):
+        def wrapper(*args, **kwargs):
+            self._count(name)
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    def around(self, method):
+        """``method`` with counting on while it runs."""
+
+        def wrapper(*args, **kwargs):
+            self.counting = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.counting = False
+
+        return wrapper
+
+
+def test_the_host_reads_the_device_once_per_logging_period(monkeypatch, tmp_path: Path) -> None:
+    """The training step (forward, triplet + cross-entropy, backward, step) reads nothing
+    back; each logging period reads its values once."""
+    trainer = _trainer(tmp_path, log_period=4)
+    reads = HostReads(monkeypatch)
+    steps, periods = [], []
+    run_step, read_period = trainer.run_step, trainer._read_period
+
+    def counted_step(*args):
+        before = len(reads.calls)
+        values = reads.around(run_step)(*args)
+        steps.append(reads.calls[before:])
+        return values
+
+    def counted_read(period):
+        before = len(reads.calls)
+        result = reads.around(read_period)(period)
+        periods.append((len(period), reads.calls[before:]))
+        return result
+
+    monkeypatch.setattr(trainer, "run_step", counted_step)
+    monkeypatch.setattr(trainer, "_read_period", counted_read)
+    trainer.train()
+    sampler = trainer.train_loader.batch_sampler
+    lengths = [len(sampler._batches(epoch)) for epoch in range(MAX_EPOCHS)]
+    assert len(steps) == sum(lengths) and not any(steps)
+    expected = [min(4, length - start) for length in lengths for start in range(0, length, 4)]
+    assert [size for size, _ in periods] == expected
+    assert all(calls == ["tolist"] for _, calls in periods)
+
+
+def test_the_logging_period_does_not_change_training(tmp_path: Path) -> None:
+    every = _trainer(tmp_path / "every", log_period=1)
+    metrics = every.train()
+    grouped = _trainer(tmp_path / "grouped", log_period=4)
+    _assert_same_run(grouped, grouped.train(), (metrics, _snapshot(every)))
+    # The epochs' logged means too: the same values summed in the same order.
+    assert grouped.history == every.history
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_nothing_but_the_period_read_synchronises(monkeypatch, tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, log_period=4)
+    trainer.model.cuda()
+    trainer.loss_fn.cuda()
+    trainer.device = torch.device("cuda")
+    trainer.net = trainer.model
+    read_period = trainer._read_period
+
+    def allowed_read(period):
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return read_period(period)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(trainer, "_read_period", allowed_read)
+    trainer.evaluate = None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_one_epoch(0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -49,6 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "LOSS.TRIPLET_MINING": ("hard", "semi_hard", "all"),
     "TEST.BEST_METRIC": ("rank1", "rank5", "rank10", "mAP", "mINP"),
     "MODEL.VIT_POOL": ("token", "mean"),
+    "DATALOADER.CACHE": ("none", "ram"),
 }
 
 
@@ -411,6 +412,16 @@ def _check(cfg: CN) -> None:
     if not cfg.OUTPUT_DIR.strip():
         raise ConfigError("OUTPUT_DIR is empty; expected a folder for the run's files")
 
+    if cfg.INPUT.AUTOAUGMENT_PROB > 0:
+        for key, on in (
+            ("DATALOADER.CACHE ram", cfg.DATALOADER.CACHE == "ram"),
+            ("INPUT.BATCH_AUGMENT", cfg.INPUT.BATCH_AUGMENT),
+        ):
+            if on:
+                raise ConfigError(
+                    f"{key} augments the resized image, but INPUT.AUTOAUGMENT_PROB > 0 sees "
+                    "the image before the resize; turn one of them off"
+                )
     k, batch = cfg.DATALOADER.NUM_INSTANCES, cfg.SOLVER.IMS_PER_BATCH
     if batch < k or batch % k:
         raise ConfigError(
@@ -471,6 +482,8 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     ),
     "DATALOADER.NUM_WORKERS": _at_least(0),
     "DATALOADER.NUM_INSTANCES": _at_least(1),
+    "DATALOADER.PREFETCH_FACTOR": _at_least(1),
+    "SOLVER.LOG_PERIOD": _at_least(1),
     "SOLVER.MAX_EPOCHS": _at_least(1),
     "SOLVER.BASE_LR": _POSITIVE,
     "SOLVER.BIAS_LR_FACTOR": _at_least(0),
@@ -539,6 +552,11 @@ RESUME_SAFE_KEYS = (
     "OUTPUT_DIR",
     "DATASETS.ROOT",
     "DATALOADER.NUM_WORKERS",
+    "DATALOADER.CACHE",
+    "DATALOADER.PIN_MEMORY",
+    "DATALOADER.PERSISTENT_WORKERS",
+    "DATALOADER.PREFETCH_FACTOR",
+    "SOLVER.LOG_PERIOD",
     "SOLVER.MAX_EPOCHS",
     "MODEL.DEVICE",
     "MODEL.PRETRAINED",

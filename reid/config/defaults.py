@@ -70,6 +70,11 @@ _C.INPUT.PIXEL_MEAN = []
 _C.INPUT.PIXEL_STD = []
 # Probability of torchvision's AutoAugment ImageNet policy per training image (0 disables).
 _C.INPUT.AUTOAUGMENT_PROB = 0.0
+# Flip, pad-and-crop, normalisation and random erasing applied to the whole batch as
+# tensor operations on the training device, each sample's parameters drawn from its own
+# seed exactly as the per-image transforms draw them (the loader only decodes and
+# resizes). Cannot be combined with INPUT.AUTOAUGMENT_PROB > 0.
+_C.INPUT.BATCH_AUGMENT = False
 
 # ---------------------------------------------------------------------------
 _C.DATASETS = CN()
@@ -104,6 +109,20 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
 # K: images per identity in a training batch (P = SOLVER.IMS_PER_BATCH / K).
 _C.DATALOADER.NUM_INSTANCES = 4
+# Training images decoded once: "none" decodes and resizes every image at every epoch;
+# "ram" decodes and resizes them to INPUT.SIZE_TRAIN once, into one uint8 array that
+# every worker and local process maps (a cache file beside the dataset, or under
+# ~/.cache/reid/decoded when the dataset folder is read-only), reused while the image
+# files are unchanged. The resize being the recipe's first step, the batches are the
+# same either way; it cannot be combined with INPUT.AUTOAUGMENT_PROB > 0, which sees
+# the image before the resize.
+_C.DATALOADER.CACHE = "none"
+# Copy batches into page-locked memory for faster transfers to the GPU (CUDA only).
+_C.DATALOADER.PIN_MEMORY = True
+# Keep the worker processes between epochs instead of starting them again.
+_C.DATALOADER.PERSISTENT_WORKERS = True
+# Batches each worker prepares ahead.
+_C.DATALOADER.PREFETCH_FACTOR = 2
 
 # ---------------------------------------------------------------------------
 _C.SOLVER = CN()
@@ -143,6 +162,12 @@ _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Clip each parameter's gradient norm on its own instead of the global norm (FastReID's
 # CLIP_TYPE norm, a per-parameter clipper).
 _C.SOLVER.CLIP_GRAD_PER_PARAM = False
+# Iterations per logging period: the progress bar, log.txt and TensorBoard get the
+# period's mean of each logged value, computed on the device in between, so the host
+# waits for the device once per period (and under torchrun, one reduction per period).
+# The non-finite check runs then too: a NaN is seen up to one period late, and never
+# saved.
+_C.SOLVER.LOG_PERIOD = 20
 # SGD learning rate of the center-loss centers (Bag-of-Tricks).
 _C.SOLVER.CENTER_LR = 0.5
 # Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU.

@@ -1,6 +1,7 @@
 """Data: dataset records, the image Dataset, PK sampling, transforms, loaders."""
 
 from reid.data.build import (
+    build_batch_augment,
     build_dataset,
     build_datasets,
     build_run_data,
@@ -20,6 +21,7 @@ __all__ = [
     "PKSampler",
     "Record",
     "ReidDataset",
+    "build_batch_augment",
     "build_dataset",
     "build_datasets",
     "build_run_data",

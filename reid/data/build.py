@@ -1,5 +1,6 @@
 """Datasets and loaders from the config."""
 
+import functools
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -9,8 +10,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from yacs.config import CfgNode
 
+from reid.data.batch_augment import AugmentSpec, BatchParams, augment_batch
+from reid.data.cache import CachedImageDataset, decoded_images
 from reid.data.datasets import DATASETS, DatasetError, Record, ReidDataset
 from reid.data.datasets.base import relabel
 from reid.data.image_dataset import ImageDataset
@@ -165,17 +169,32 @@ def build_train_loader(cfg: CfgNode, records: Sequence[Record]) -> DataLoader:
     augmented images in PK batches (``SOLVER.IMS_PER_BATCH`` = P x K).
 
     Batches are ``(images (B, 3, H, W), pids (B,), camids (B,))`` with relabelled pids.
-    Under torchrun each of W ranks loads its P / W identities of every global batch.
+    With ``INPUT.BATCH_AUGMENT`` the images are ``(uint8 (B, 3, H, W), params (B, 8))``,
+    resized but not augmented, for :func:`build_batch_augment`'s function to augment on
+    the training device. With ``DATALOADER.CACHE ram`` the images come decoded and
+    resized from :func:`reid.data.cache.decoded_images`. Under torchrun each of W ranks
+    loads its P / W identities of every global batch.
     """
-    transform = build_train_transform(
-        cfg.INPUT.SIZE_TRAIN,
-        cfg.INPUT.PIXEL_MEAN,
-        cfg.INPUT.PIXEL_STD,
-        flip_prob=cfg.INPUT.FLIP_PROB,
-        padding=cfg.INPUT.PADDING,
-        erase_prob=cfg.INPUT.RE_PROB,
-        autoaugment_prob=cfg.INPUT.AUTOAUGMENT_PROB,
-    )
+    size, cached = cfg.INPUT.SIZE_TRAIN, cfg.DATALOADER.CACHE == "ram"
+    if cfg.INPUT.BATCH_AUGMENT:
+        draw = BatchParams(_augment_spec(cfg))
+        transform = draw if cached else v2.Compose([v2.Resize(tuple(size)), draw])
+    else:
+        transform = build_train_transform(
+            size,
+            cfg.INPUT.PIXEL_MEAN,
+            cfg.INPUT.PIXEL_STD,
+            flip_prob=cfg.INPUT.FLIP_PROB,
+            padding=cfg.INPUT.PADDING,
+            erase_prob=cfg.INPUT.RE_PROB,
+            autoaugment_prob=cfg.INPUT.AUTOAUGMENT_PROB,
+            resize=not cached,
+        )
+    if cached:
+        images = decoded_images(records, size, cfg.DATASETS.ROOT)
+        dataset = CachedImageDataset(images, records, transform)
+    else:
+        dataset = ImageDataset(records, transform)
     sampler = PKSampler(
         [r.pid for r in records],
         batch_size=cfg.SOLVER.IMS_PER_BATCH,
@@ -184,12 +203,38 @@ def build_train_loader(cfg: CfgNode, records: Sequence[Record]) -> DataLoader:
         rank=distributed.rank(),
         world_size=distributed.world_size(),
     )
+    workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(
-        ImageDataset(records, transform),
+        dataset,
         batch_sampler=sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        pin_memory=torch.cuda.is_available(),
+        num_workers=workers,
+        pin_memory=cfg.DATALOADER.PIN_MEMORY and torch.cuda.is_available(),
+        persistent_workers=cfg.DATALOADER.PERSISTENT_WORKERS and workers > 0,
+        prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
+    )
+
+
+def build_batch_augment(
+    cfg: CfgNode,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """With ``INPUT.BATCH_AUGMENT``, the function the trainer applies to each batch on its
+    device: :func:`reid.data.batch_augment.augment_batch` of ``(images, params)``; None
+    otherwise."""
+    if not cfg.INPUT.BATCH_AUGMENT:
+        return None
+    return functools.partial(augment_batch, spec=_augment_spec(cfg))
+
+
+def _augment_spec(cfg: CfgNode) -> AugmentSpec:
+    """``INPUT.*``'s training augmentation as an :class:`AugmentSpec`."""
+    return AugmentSpec(
+        size=tuple(cfg.INPUT.SIZE_TRAIN),
+        flip_prob=cfg.INPUT.FLIP_PROB,
+        padding=cfg.INPUT.PADDING,
+        erase_prob=cfg.INPUT.RE_PROB,
+        mean=tuple(cfg.INPUT.PIXEL_MEAN),
+        std=tuple(cfg.INPUT.PIXEL_STD),
     )
 
 
@@ -212,7 +257,7 @@ def build_test_loader(cfg: CfgNode, dataset: ReidDataset) -> tuple[DataLoader, i
         batch_size=cfg.TEST.IMS_PER_BATCH,
         shuffle=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=cfg.DATALOADER.PIN_MEMORY and torch.cuda.is_available(),
         worker_init_fn=ignore_stop_signals,
     )
     return loader, len(dataset.query)

@@ -33,12 +33,20 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int | Sample) -> tuple[torch.Tensor, int, int]:
         if isinstance(item, Sample):
-            path, pid, camid = self.records[item.index]
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item.seed)
-                return self.transform(read_image(path)), pid, camid
-        path, pid, camid = self.records[item]
-        return self.transform(read_image(path)), pid, camid
+                # The CPU generator alone: the transforms draw only from it, and
+                # torch.manual_seed, which seeds every device's too, costs far more.
+                torch.default_generator.manual_seed(item.seed)
+                return self._item(item.index)
+        return self._item(item)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int, int]:
+        _, pid, camid = self.records[index]
+        return self.transform(self.image(index)), pid, camid
+
+    def image(self, index: int) -> Image.Image | torch.Tensor:
+        """Record ``index``'s image as the transform takes it: the file, opened."""
+        return read_image(self.records[index].path)
 
 
 def read_image(path: str) -> Image.Image:

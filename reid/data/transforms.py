@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from reid.data.batch_augment import ERASE_RATIO, ERASE_SCALE
+
 
 def build_train_transform(
     size: Sequence[int],
@@ -16,6 +18,7 @@ def build_train_transform(
     padding: int = 10,
     erase_prob: float = 0.5,
     autoaugment_prob: float = 0.0,
+    resize: bool = True,
 ) -> v2.Compose:
     """AutoAugment, resize, random flip, pad + random crop, normalise, random erasing.
 
@@ -28,6 +31,8 @@ def build_train_transform(
     Args:
         size: output ``[H, W]``.
         autoaugment_prob: probability of AutoAugment per image.
+        resize: resize to ``size`` first; False for images already at ``size`` (the
+            decoded-image cache), which then may be uint8 tensors (3, H, W) too.
 
     Returns:
         A transform from a PIL image to a float tensor (3, H, W).
@@ -41,14 +46,15 @@ def build_train_transform(
             if autoaugment_prob >= 1
             else v2.RandomApply([autoaugment], autoaugment_prob)
         )
-    steps.append(v2.Resize(tuple(size)))
+    if resize:
+        steps.append(v2.Resize(tuple(size)))
     if flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(flip_prob))
     if padding > 0:
         steps += [v2.Pad(padding), v2.RandomCrop(tuple(size))]
     steps += _to_normalized_tensor(mean, std)
     if erase_prob > 0:
-        steps.append(v2.RandomErasing(erase_prob, scale=(0.02, 0.4), ratio=(0.3, 3.33), value=0))
+        steps.append(v2.RandomErasing(erase_prob, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0))
     return v2.Compose(steps)
 
 

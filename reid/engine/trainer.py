@@ -61,12 +61,17 @@ class Trainer:
     states, so that :meth:`load_state` continues a stopped run exactly where it stopped
     (on the CPU with ``num_workers=0``: the same final metrics as an uninterrupted run).
 
-    SIGTERM or SIGINT (preemption, Ctrl-C) during an epoch finishes the current
-    iteration, writes ``last.pth`` at that iteration and raises
+    SIGTERM or SIGINT (preemption, Ctrl-C) during an epoch finishes the current logging
+    period (``log_period`` iterations at most), writes ``last.pth`` there and raises
     :class:`TrainingInterrupted`; during evaluation it stops at once, the epoch being
     saved already, and a resumed run evaluates it first. A non-finite loss term or
     weight raises :class:`NonFiniteError` before anything is saved, so ``last.pth``
-    keeps the last finite state. fp16 steps that the loss scaler skips are not errors.
+    keeps the last finite state; a loss is checked at the end of its logging period.
+    fp16 steps that the loss scaler skips are not errors.
+
+    The logged values stay on the device during a logging period: the host reads them
+    back once per period (one reduction over ranks under torchrun), so it never waits
+    for the device in between.
 
     Under torchrun every rank runs this loop on its share of each global batch: the
     model is wrapped in DDP, logged scalars are averaged over ranks, the ranks agree
@@ -111,6 +116,12 @@ class Trainer:
             0 disables. The loss's own optimizer (center-loss centers) is not clipped.
         clip_per_parameter: clip each parameter's gradient norm to ``clip_grad_norm`` on
             its own (FastReID's clipping) instead of their global norm.
+        batch_augment: ``(images, params) -> images`` applied to each batch on the device
+            when the loader yields ``((uint8 images, augmentation params), pids, camids)``
+            (``INPUT.BATCH_AUGMENT``: :func:`reid.data.build_batch_augment`).
+        log_period: iterations per logging period: the progress bar, the log and
+            TensorBoard get each value's mean over the period at its end, when the loss
+            is checked for NaN and a stop signal is looked for.
 
     Raises:
         ReidError: a ``frozen`` name that is not a child of the model.
@@ -140,6 +151,8 @@ class Trainer:
         frozen: Sequence[str] = ("backbone",),
         clip_grad_norm: float = 0.0,
         clip_per_parameter: bool = False,
+        log_period: int = 20,
+        batch_augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -165,6 +178,8 @@ class Trainer:
             )
         self.clip_grad_norm = clip_grad_norm
         self.clip_per_parameter = clip_per_parameter
+        self.log_period = log_period
+        self.batch_augment = batch_augment
         on_cuda = device.type == "cuda"
         self.amp_dtype = None
         if amp and on_cuda:
@@ -220,7 +235,7 @@ class Trainer:
             for name in self.frozen:
                 getattr(self.model, name).train(not self.freezing)
 
-    def run_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
+    def run_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, torch.Tensor | float]:
         """One iteration: forward, loss, backward, optimizer step.
 
         While :attr:`freezing`, the frozen parts' gradients are dropped before the step;
@@ -231,8 +246,10 @@ class Trainer:
             pids: (B,) training labels on the device.
 
         Returns:
-            Scalars to log: each loss term, its diagnostics, and the batch accuracy of
-            the term that classifies (``"acc"``; absent when no term does).
+            Scalars to log, as 0-d tensors left on the device (an override may return
+            floats): each loss term, its diagnostics, and the batch accuracy of the term
+            that classifies (``"acc"``; absent when no term does). The same names at
+            every iteration.
         """
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.net(images)
@@ -253,7 +270,7 @@ class Trainer:
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
-        return {name: value.item() for name, value in losses.items()}
+        return {name: value.detach() for name, value in losses.items()}
 
     def train(self) -> dict[str, Any]:
         """Runs the remaining epochs; returns the metrics of the final evaluation, in
@@ -312,29 +329,43 @@ class Trainer:
             disable=not distributed.is_main_process(),
         )
         seen, start = 0, time.perf_counter()
+        period: list[dict[str, torch.Tensor | float]] = []  # values not yet read back
+        averages: dict[str, float] = {}
         for step, (images, pids, _) in enumerate(bar, start=first):
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            images = self._on_device(images)
             lr = self.optimizer.param_groups[0]["lr"]
             self._set_frozen_mode()
-            values = self.run_step(images, pids.to(self.device, non_blocking=True))
-            values = distributed.mean_over_ranks(values)  # what one process would log
+            period.append(self.run_step(images, pids.to(self.device, non_blocking=True)))
             self.global_step += 1
             self.scheduler.step_to(epoch + (step + 1) / num_batches, self.global_step)
-            self._log_scalars("train_iter", {**values, "lr": lr}, self.global_step)
-            where = f"epoch {epoch + 1}, iteration {step + 1}/{num_batches}"
-            if not all(math.isfinite(value) for value in values.values()):
-                terms = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
-                raise NonFiniteError(
-                    f"non-finite loss at {where} ({terms}); {self._kept()}; "
-                    "a learning rate too high for the optimizer is the usual cause"
-                )
             seen += len(images)
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value
+            last = step + 1 == num_batches
+            if len(period) < self.log_period and not last:
+                continue
+            # The period's one read-back (and, under torchrun, one reduction).
+            rows, stop = self._read_period(period)
+            where = f"epoch {epoch + 1}, iteration {step + 1}/{num_batches}"
+            # Logged first: TensorBoard shows the period in which a NaN appeared.
+            period_means = {name: sum(v[name] for v in rows) / len(rows) for name in rows[0]}
+            self._log_scalars("train_iter", {**period_means, "lr": lr}, self.global_step)
+            for offset, values in enumerate(rows):
+                if not all(math.isfinite(value) for value in values.values()):
+                    iteration = step + 2 - len(rows) + offset
+                    terms = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+                    raise NonFiniteError(
+                        f"non-finite loss at epoch {epoch + 1}, iteration "
+                        f"{iteration}/{num_batches} ({terms}), found at the end of the "
+                        f"logging period of iterations {step + 2 - len(rows)}-{step + 1}; "
+                        f"{self._kept()}; a learning rate too high for the optimizer is the "
+                        "usual cause"
+                    )
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+            period.clear()
             averages = {name: total / (step + 1) for name, total in sums.items()}
             speed = seen / (time.perf_counter() - start)
             bar.set_postfix({**averages, "lr": f"{lr:.1e}", "img/s": f"{speed:.0f}"}, refresh=False)
-            if step + 1 < num_batches and self._stop_asked():
+            if not last and stop:
                 self.save(epoch, iteration=step + 1, epoch_sums=sums)
                 self._stop_if_asked(f"at {where}; saved {self.last_path}")
         self._log_scalars("train", {**averages, "lr": lr}, self.global_step)
@@ -343,6 +374,44 @@ class Trainer:
             "epoch %d/%d: %s lr %.2e %.0f img/s", epoch + 1, self.max_epochs, summary, lr, speed
         )
         return averages
+
+    def _on_device(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """A loader's images as the model's input on the device; ``(uint8 images,
+        params)`` are augmented there first (``batch_augment``)."""
+        if self.batch_augment is not None:
+            pixels, params = (part.to(self.device, non_blocking=True) for part in images)
+            images = self.batch_augment(pixels, params)
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def _read_period(
+        self, period: list[dict[str, torch.Tensor | float]]
+    ) -> tuple[list[dict[str, float]], bool]:
+        """The logged values of a period's iterations, as one process would log them (the
+        mean over ranks), and whether a stop signal reached any rank.
+
+        The values are stacked on the device, reduced over ranks together with the stop
+        flag in one all-reduce, and read back to the host once.
+        """
+        names = list(period[0])
+        if any(list(values) != names for values in period):
+            raise ReidError(
+                f"run_step returned other names during a logging period: {names} and "
+                f"{next(list(v) for v in period if list(v) != names)}; expected the same "
+                "names at every iteration"
+            )
+        rows = torch.stack(
+            [
+                torch.stack([torch.as_tensor(v[n], device=self.device).double() for n in names])
+                for v in period
+            ]
+        )
+        flag = rows.new_full((1, len(names)), float(self._stop_signal is not None))
+        *sums, stops = distributed.sum_over_ranks(torch.cat([rows, flag])).tolist()
+        ranks = distributed.world_size()
+        means = [
+            {name: total / ranks for name, total in zip(names, row, strict=True)} for row in sums
+        ]
+        return means, stops[0] > 0
 
     def log_metrics(self, per_set: dict[str, dict[str, float]], epoch: int) -> None:
         """Logs each test set's metrics to the log and TensorBoard (at the epoch as step):

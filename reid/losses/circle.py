@@ -45,15 +45,18 @@ class CircleLoss(nn.Module):
         sim = normed @ normed.t()
         positive, negative = pair_masks(pids)
         valid = positive.any(dim=1) & negative.any(dim=1)
-        if not valid.any():
-            return feats.sum() * 0.0
         m, g = self.margin, self.scale
         alpha_p = (1 + m - sim).clamp(min=0).detach()
         alpha_n = (sim + m).clamp(min=0).detach()
-        logit_p = (-g * alpha_p * (sim - (1 - m))).masked_fill(~positive, float("-inf"))
-        logit_n = (g * alpha_n * (sim - m)).masked_fill(~negative, float("-inf"))
+        # Anchors without a positive or a negative are weighed out of the mean rather
+        # than removed (which makes a shape the host must wait for); their rows are
+        # filled with 0 instead of -inf, so that no log-sum-exp sees only -inf, whose
+        # gradient is NaN even when weighed by 0.
+        fill = torch.where(valid, float("-inf"), 0.0).unsqueeze(1)
+        logit_p = torch.where(positive, -g * alpha_p * (sim - (1 - m)), fill)
+        logit_n = torch.where(negative, g * alpha_n * (sim - m), fill)
         per_anchor = F.softplus(logit_n.logsumexp(dim=1) + logit_p.logsumexp(dim=1))
-        return per_anchor[valid].mean()
+        return (per_anchor * valid).sum() / valid.sum().clamp(min=1)
 
 
 @LOSSES.register("circle")

@@ -67,7 +67,8 @@ class TripletLoss(nn.Module):
       float32 values, 1 MiB, plus its masks.
 
     Anchors with no positive or no negative form no triplet; a batch without any gives
-    a zero loss (still differentiable).
+    a zero loss (still differentiable) and zero diagnostics. Nothing here waits for the
+    device: no value is read back and no shape depends on the data.
 
     After each call, :attr:`diagnostics` holds (detached) what the batch distances say
     about training: ``anchors_ok``, the fraction of anchors whose farthest positive is
@@ -112,33 +113,32 @@ class TripletLoss(nn.Module):
         dist = pairwise_euclidean(feats, feats)
         positive, negative = pair_masks(pids)
         valid = positive.any(dim=1) & negative.any(dim=1)
-        if not valid.any():
-            self.diagnostics = {}
-            return feats.sum() * 0.0
-
-        dist, positive, negative = dist[valid], positive[valid], negative[valid]
+        # Anchors without a positive or a negative are masked out of every mean below
+        # rather than removed: removing rows makes a shape that the host must wait for.
+        positive, negative = positive & valid[:, None], negative & valid[:, None]
         hardest_pos = dist.masked_fill(~positive, float("-inf")).amax(dim=1)
         hardest_neg = dist.masked_fill(~negative, float("inf")).amin(dim=1)
         if self.mining == "hard":
-            gaps = hardest_pos - hardest_neg
+            gaps, mined = hardest_pos - hardest_neg, valid  # (B,): one triplet per anchor
         elif self.mining == "semi_hard":
-            gaps = self._semi_hard_gaps(dist, positive, negative)
-        else:
-            gaps = (dist.unsqueeze(2) - dist.unsqueeze(1))[
-                positive.unsqueeze(2) & negative.unsqueeze(1)
-            ]
+            gaps, mined = self._semi_hard_gaps(dist, positive, negative), positive  # (B, B)
+        else:  # (B, B, B): anchor, positive, negative
+            gaps = dist.unsqueeze(2) - dist.unsqueeze(1)
+            mined = positive.unsqueeze(2) & negative.unsqueeze(1)
+        gaps = torch.where(mined, gaps, 0.0)  # finite everywhere; the masks weigh them
         costs = F.softplus(gaps) if self.margin is None else F.relu(gaps + self.margin)
-        violating = gaps + (self.margin or 0.0) > 0
+        costs = costs * mined
+        violating = mined & (gaps + (self.margin or 0.0) > 0)
         self.diagnostics = {
-            "anchors_ok": (hardest_pos < hardest_neg).float().mean().detach(),
-            "active": violating.float().mean().detach(),
-            "d_pos": hardest_pos.mean().detach(),
-            "d_neg": hardest_neg.mean().detach(),
+            "anchors_ok": _masked_mean((hardest_pos < hardest_neg).float(), valid),
+            "active": _masked_mean(violating.float(), mined),
+            "d_pos": _masked_mean(torch.where(valid, hardest_pos, 0.0), valid),
+            "d_neg": _masked_mean(torch.where(valid, hardest_neg, 0.0), valid),
         }
         if self.mining == "all" and self.margin is not None:
             # Batch-all averages over the triplets that still cost something.
             return costs.sum() / violating.sum().clamp(min=1)
-        return costs.mean()
+        return costs.sum() / mined.sum().clamp(min=1)
 
     @staticmethod
     def _semi_hard_gaps(
@@ -149,10 +149,10 @@ class TripletLoss(nn.Module):
         Args:
             dist: ``(A, B)`` distances of the anchors to the batch.
             positive: ``(A, B)`` mask of each anchor's positives.
-            negative: ``(A, B)`` mask of each anchor's negatives (at least one a row).
+            negative: ``(A, B)`` mask of each anchor's negatives.
 
         Returns:
-            ``(number of positives,)`` gaps, in the row-major order of ``positive``.
+            ``(A, B)`` gaps; only the entries of ``positive`` are meaningful.
         """
         d_ap = dist.unsqueeze(2)  # (A, B, 1): anchor a, candidate positive p
         d_an = dist.unsqueeze(1)  # (A, 1, B): anchor a, candidate negative n
@@ -163,7 +163,12 @@ class TripletLoss(nn.Module):
         # pairs batch-hard ones.
         farthest_neg = dist.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
         chosen = torch.where(farther.any(dim=2), semi_hard, farthest_neg)
-        return (dist - chosen)[positive]
+        return dist - chosen
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` where ``mask`` holds (detached); 0 where it holds nowhere."""
+    return ((values * mask).sum() / mask.sum().clamp(min=1)).detach()
 
 
 @LOSSES.register("triplet")

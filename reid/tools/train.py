@@ -9,7 +9,7 @@ On several GPUs or machines: torchrun --nproc_per_node N tools/train.py ... (sam
 import logging
 
 from reid.config import load_cfg, resume_conflicts
-from reid.data import build_run_data, build_test_loader, build_train_loader
+from reid.data import build_batch_augment, build_run_data, build_test_loader, build_train_loader
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.run_dir import open_run_dir
 from reid.engine.trainer import Trainer
@@ -80,6 +80,8 @@ def main() -> None:
             freeze_iters=cfg.SOLVER.FREEZE_ITERS,
             clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
             clip_per_parameter=cfg.SOLVER.CLIP_GRAD_PER_PARAM,
+            log_period=cfg.SOLVER.LOG_PERIOD,
+            batch_augment=build_batch_augment(cfg),
         )
         if args.resume:
             state = load_checkpoint(out / "last.pth", RESUME_ENTRIES, purpose="resume training")

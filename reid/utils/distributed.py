@@ -200,13 +200,14 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows[:n] for rows, n in zip(gathered, counts, strict=True)])
 
 
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """The mean of each scalar over ranks (the same keys on every rank)."""
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of ``tensor`` over ranks (the same shape on every rank), in
+    one all-reduce; ``tensor`` itself in one process."""
     if world_size() == 1:
-        return values
-    stacked = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(stacked)
-    return dict(zip(values, (stacked / world_size()).tolist(), strict=True))
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
 
 
 def any_rank(flag: bool) -> bool:
