@@ -45,14 +45,21 @@ def two_process_run(trained: Path) -> Path:
     return out
 
 
-def test_two_processes_train_the_same_model_as_one(trained: Path) -> None:
+@pytest.mark.parametrize(
+    "loading",
+    [[], ["DATALOADER.CACHE", "ram", "INPUT.BATCH_AUGMENT", "True"]],
+    ids=["per-image", "cache-and-batch-augment"],
+)
+def test_two_processes_train_the_same_model_as_one(trained: Path, loading: list[str]) -> None:
     """In float64 (see tests/float64_train.py) every step's loss and the final metrics
     of 1 and 2 processes agree: global batch, SyncBN, global mining and DDP together
-    compute what one process computes."""
+    compute what one process computes; so do the decoded-image cache, which rank 0
+    builds and both map, and the batch augmentation on each rank's device."""
     runs = {}
     for processes in (1, 2):
-        out = trained.parent / f"float64_w{processes}"
+        out = trained.parent / f"float64_w{processes}_{len(loading)}"
         args = [*CONFIG, *tiny(trained.parent, out), "SOLVER.MAX_EPOCHS", "1"]
+        args += ["SOLVER.LOG_PERIOD", "1", *loading]  # every step's loss in TensorBoard
         script = TESTS / "float64_train.py"
         command = torchrun(script, *args) if processes == 2 else [sys.executable, script, *args]
         result = run([str(part) for part in command])

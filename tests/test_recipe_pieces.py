@@ -305,18 +305,18 @@ def _picture(seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8))
 
 
-def _transform(autoaugment_prob: float | None, **kwargs) -> v2.Compose:
+def _transform(autoaugment_prob: float | None, **kwargs):
     if autoaugment_prob is None:  # the pipeline as it was before AutoAugment
         return build_train_transform(_SIZE, _MEAN, _STD, **kwargs)
     return build_train_transform(_SIZE, _MEAN, _STD, autoaugment_prob=autoaugment_prob, **kwargs)
 
 
 def _steps(transform) -> list:
-    """The steps of a Compose, those inside a RandomApply included."""
-    steps = []
-    for step in transform.transforms:
-        steps += [step, *_steps(step)] if isinstance(step, v2.RandomApply) else [step]
-    return steps
+    """The AutoAugment step of a training transform, and what a RandomApply wraps."""
+    step = transform.autoaugment
+    if step is None:
+        return []
+    return [step, *step.transforms] if isinstance(step, v2.RandomApply) else [step]
 
 
 def _seeded(transform, image: Image.Image, seed: int) -> torch.Tensor:

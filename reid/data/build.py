@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from yacs.config import CfgNode
 
-from reid.data.batch_augment import AugmentSpec, BatchParams, augment_batch
+from reid.data.augment import AugmentSpec, BatchParams, augment_batch
 from reid.data.cache import CachedImageDataset, decoded_images
 from reid.data.datasets import DATASETS, DatasetError, Record, ReidDataset
 from reid.data.datasets.base import relabel
@@ -219,7 +219,7 @@ def build_batch_augment(
     cfg: CfgNode,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """With ``INPUT.BATCH_AUGMENT``, the function the trainer applies to each batch on its
-    device: :func:`reid.data.batch_augment.augment_batch` of ``(images, params)``; None
+    device: :func:`reid.data.augment.augment_batch` of ``(images, params)``; None
     otherwise."""
     if not cfg.INPUT.BATCH_AUGMENT:
         return None

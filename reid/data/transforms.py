@@ -5,9 +5,11 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
+from torch import nn
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from reid.data.batch_augment import ERASE_RATIO, ERASE_SCALE
+from reid.data.augment import AugmentSpec, augment_image, draw_params
 
 
 def build_train_transform(
@@ -19,7 +21,7 @@ def build_train_transform(
     erase_prob: float = 0.5,
     autoaugment_prob: float = 0.0,
     resize: bool = True,
-) -> v2.Compose:
+) -> "TrainTransform":
     """AutoAugment, resize, random flip, pad + random crop, normalise, random erasing.
 
     Each augmentation is left out when its probability / padding is 0. Erased
@@ -37,25 +39,44 @@ def build_train_transform(
     Returns:
         A transform from a PIL image to a float tensor (3, H, W).
     """
-    steps: list[torch.nn.Module] = []
+    autoaugment = None
     if autoaugment_prob > 0:
-        autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        policy = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
         # Always on: no coin drawn, so the draws are exactly torchvision's AutoAugment's.
-        steps.append(
-            autoaugment
-            if autoaugment_prob >= 1
-            else v2.RandomApply([autoaugment], autoaugment_prob)
-        )
-    if resize:
-        steps.append(v2.Resize(tuple(size)))
-    if flip_prob > 0:
-        steps.append(v2.RandomHorizontalFlip(flip_prob))
-    if padding > 0:
-        steps += [v2.Pad(padding), v2.RandomCrop(tuple(size))]
-    steps += _to_normalized_tensor(mean, std)
-    if erase_prob > 0:
-        steps.append(v2.RandomErasing(erase_prob, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0))
-    return v2.Compose(steps)
+        always = autoaugment_prob >= 1
+        autoaugment = policy if always else v2.RandomApply([policy], autoaugment_prob)
+    spec = AugmentSpec(tuple(size), flip_prob, padding, erase_prob, tuple(mean), tuple(std))
+    return TrainTransform(spec, resize, autoaugment)
+
+
+class TrainTransform:
+    """The training transform of :func:`build_train_transform`.
+
+    It is torchvision's v2 pipeline (``RandomHorizontalFlip``, ``Pad`` + ``RandomCrop``,
+    ``ToImage``, ``ToDtype``, ``Normalize``, ``RandomErasing``) to the bit, with the same
+    draws (:func:`reid.data.augment.draw_params`), but applied by
+    :func:`reid.data.augment.augment_image` in a handful of tensor operations: at ReID
+    image sizes torchvision's per-step dispatch cost more than the pixel work.
+
+    Attributes:
+        spec: the augmentation after the resize.
+        resize: whether the image is resized to ``spec.size`` first.
+        autoaugment: AutoAugment (in a ``RandomApply`` when not always on), or None.
+    """
+
+    def __init__(self, spec: AugmentSpec, resize: bool, autoaugment: nn.Module | None) -> None:
+        self.spec, self.resize, self.autoaugment = spec, resize, autoaugment
+        self._resize = v2.Resize(spec.size)
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """An RGB PIL image (or uint8 (3, H, W) at the size, when not resizing) -> the
+        augmented float tensor (3, H, W)."""
+        if self.autoaugment is not None:
+            image = self.autoaugment(image)
+        if self.resize:
+            image = self._resize(image)
+        pixels = TF.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+        return augment_image(pixels, draw_params(self.spec), self.spec)
 
 
 def build_test_transform(

@@ -9,16 +9,13 @@ On several GPUs or machines: torchrun --nproc_per_node N tools/train.py ... (sam
 import logging
 
 from reid.config import load_cfg, resume_conflicts
-from reid.data import build_batch_augment, build_run_data, build_test_loader, build_train_loader
+from reid.data import build_run_data, build_test_loader
+from reid.engine.build import build_trainer
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.run_dir import open_run_dir
-from reid.engine.trainer import Trainer
 from reid.errors import ReidError
 from reid.evaluation import build_eval_options, check_test_set, evaluate_model
 from reid.evaluation.report import format_report
-from reid.losses import build_loss
-from reid.models import build_model
-from reid.solver import build_loss_optimizer, build_optimizer, build_scheduler
 from reid.utils import distributed
 from reid.utils.cli import ToolParser, run_cli
 from reid.utils.env import seed_everything
@@ -51,37 +48,17 @@ def main() -> None:
             data = build_run_data(cfg)
         for test in data.tests.values():
             check_test_set(test)  # before the first epoch, not after it
-        train_loader = build_train_loader(cfg, data.train)
         test_loaders = {name: build_test_loader(cfg, test) for name, test in data.tests.items()}
-        options, num_classes = build_eval_options(cfg), data.num_classes
-        model = build_model(cfg, num_classes=num_classes).to(device)
-        loss_fn = build_loss(cfg, num_classes=num_classes, feat_dim=model.feat_dim).to(device)
-        optimizer = build_optimizer(cfg, model, loss_fn)
-        trainer = Trainer(
-            model,
-            loss_fn,
-            optimizer,
-            build_scheduler(cfg, optimizer),
-            train_loader,
-            device=device,
-            max_epochs=cfg.SOLVER.MAX_EPOCHS,
-            output_dir=out,
-            evaluate=lambda: {
+        options = build_eval_options(cfg)
+        trainer = build_trainer(
+            cfg,
+            data,
+            device,
+            out,
+            evaluate=lambda model: {
                 name: evaluate_model(model, *test_loaders[name], device, options, test.protocol)
                 for name, test in data.tests.items()
             },
-            eval_period=cfg.TEST.EVAL_PERIOD,
-            best_metric=cfg.TEST.BEST_METRIC,
-            loss_optimizer=build_loss_optimizer(loss_fn),
-            amp=cfg.SOLVER.AMP,
-            channels_last=cfg.SOLVER.CHANNELS_LAST,
-            config=cfg.dump(),
-            sync_batchnorm=cfg.DISTRIBUTED.SYNC_BN,
-            freeze_iters=cfg.SOLVER.FREEZE_ITERS,
-            clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
-            clip_per_parameter=cfg.SOLVER.CLIP_GRAD_PER_PARAM,
-            log_period=cfg.SOLVER.LOG_PERIOD,
-            batch_augment=build_batch_augment(cfg),
         )
         if args.resume:
             state = load_checkpoint(out / "last.pth", RESUME_ENTRIES, purpose="resume training")

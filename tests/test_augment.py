@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
-from reid.data.batch_augment import (
+from reid.data.augment import (
     ERASE_RATIO,
     ERASE_SCALE,
     PARAM_NAMES,
@@ -42,16 +43,21 @@ def make_spec(
     )
 
 
-def per_image_transform(spec: AugmentSpec):
-    return build_train_transform(
-        spec.size,
-        spec.mean,
-        spec.std,
-        flip_prob=spec.flip_prob,
-        padding=spec.padding,
-        erase_prob=spec.erase_prob,
-        resize=False,
-    )
+def per_image_transform(spec: AugmentSpec) -> v2.Compose:
+    """torchvision's own transforms for the spec, the reference of both of reid's paths."""
+    steps = [v2.RandomHorizontalFlip(spec.flip_prob)] if spec.flip_prob > 0 else []
+    if spec.padding > 0:
+        steps += [v2.Pad(spec.padding), v2.RandomCrop(spec.size)]
+    steps += [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(spec.mean, spec.std),
+    ]
+    if spec.erase_prob > 0:
+        steps.append(
+            v2.RandomErasing(spec.erase_prob, scale=(0.02, 0.4), ratio=(0.3, 3.33), value=0)
+        )
+    return v2.Compose(steps)
 
 
 def random_images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -113,6 +119,15 @@ def test_batch_path_equals_per_image_transform(changes: dict) -> None:
 
     assert out.dtype == torch.float32 and out.shape == images.shape
     torch.testing.assert_close(out, torch.stack(expected), rtol=0, atol=1e-6)
+    # reid's per-image transform: torchvision's pixels to the bit, and the same draws.
+    ours = build_train_transform(
+        spec.size, spec.mean, spec.std, spec.flip_prob, spec.padding, spec.erase_prob,
+        resize=False,
+    )  # fmt: skip
+    for seed, image, reference in zip(seeds, images, expected, strict=True):
+        mine, next_after_mine = seeded(seed, ours, image)
+        assert torch.equal(mine, reference), seed
+        assert torch.equal(next_after_mine, seeded(seed, transform, image)[1]), seed
     # The seeds exercise both branches of every augmentation that is on.
     flips, erases = int(params[:, FLIP].sum()), int(params[:, ERASE].sum())
     expected_flips = {0.0: 0, 1.0: len(seeds)}.get(spec.flip_prob)
