@@ -17,6 +17,7 @@ The CLI cases train a tiny model on a tiny synthetic set (a few minutes on 2 cor
 
 import argparse
 import errno
+import importlib.util
 import io as bytes_io
 import json
 import os
@@ -405,6 +406,14 @@ add(
     "-1",
 )
 add("config: INPUT.PADDING -4", opts("INPUT.PADDING", "-4"), "INPUT.PADDING", ">= 0", "-4")
+add("config: DATALOADER.CACHE disk", opts("DATALOADER.CACHE", "disk"), "DATALOADER.CACHE", "disk")
+add(
+    "config: DATALOADER.CACHE ram with AutoAugment",
+    opts("DATALOADER.CACHE", "ram", "INPUT.AUTOAUGMENT_PROB", "0.5"),
+    "DATALOADER.CACHE ram",
+    "INPUT.AUTOAUGMENT_PROB",
+)
+add("config: SOLVER.LOG_PERIOD 0", opts("SOLVER.LOG_PERIOD", "0"), "SOLVER.LOG_PERIOD", ">= 1")
 add(
     "config: one identity per batch (P=1)",
     opts("SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCES", "4"),
@@ -1395,7 +1404,8 @@ runpy.run_path('tools/train.py', run_name='__main__')
 
 
 def signalled(ws: Workspace, name: str, at_step: str, at_save: str = "pass") -> str:
-    argv = ws.train_args(ws.tmp / name)
+    # The stop comes at the end of the logging period: 5 iterations, the signal's.
+    argv = [*ws.train_args(ws.tmp / name), "SOLVER.LOG_PERIOD", "5"]
     code = SIGNAL_SCRIPT.format(at_step=at_step, at_save=at_save, argv=argv)
     return cli("", command=[sys.executable, "-c", code])
 
@@ -1486,6 +1496,26 @@ cli_case(
     "{tmp}/graph.onnx",
     "folder",
     kept=lambda ws: (ws.tmp / "graph.onnx" / "keep.txt").read_text() == "mine",
+)
+cli_case(
+    "tools/export.py --format openvino --out model.onnx",
+    lambda ws: export(ws, "--format", "openvino", "--out", str(ws.tmp / "m.onnx")),
+    "--out",
+    ".xml",
+)
+cli_case(
+    "tools/export.py --calibration-images without int8",
+    lambda ws: export(ws, "--calibration-images", str(ws.tmp), "--out", str(ws.tmp / "c.onnx")),
+    "--calibration-images",
+    "int8",
+    kept=lambda ws: not (ws.tmp / "c.onnx").exists(),
+)
+cli_case(
+    "tools/export.py --format tensorrt without TensorRT or a GPU",
+    lambda ws: export(ws, "--format", "tensorrt", "--out", str(ws.tmp / "m.engine")),
+    "TensorRT",
+    # Where both are present, it builds an engine.
+    accept=torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None,
 )
 cli_case(
     "tools/export.py --out in a missing folder",

@@ -12,6 +12,7 @@ resize, in the same order.
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -107,6 +108,11 @@ def draw_params(spec: AugmentSpec) -> torch.Tensor:
         padding); erase 0/1 and the erased box's top, left, height and width in the
         output (all 0 when nothing is erased).
     """
+    return torch.tensor(draw_values(spec), dtype=torch.int64)
+
+
+def draw_values(spec: AugmentSpec) -> tuple[int, ...]:
+    """:func:`draw_params` as a tuple of ints (no tensor to build and read back)."""
     height, width = spec.size
     # _RandomApplyTransform skips when `torch.rand(1) >= p`; no coin when the step is absent.
     flip = spec.flip_prob > 0 and bool(torch.rand(1) < spec.flip_prob)
@@ -120,7 +126,7 @@ def draw_params(spec: AugmentSpec) -> torch.Tensor:
         box = _draw_erase_box(height, width, spec.erase_scale, spec.erase_ratio)
     erase = box is not None
     i, j, h, w = box if erase else (0, 0, 0, 0)
-    return torch.tensor([flip, top, left, erase, i, j, h, w], dtype=torch.int64)
+    return int(flip), top, left, int(erase), i, j, h, w
 
 
 def _draw_erase_box(
@@ -145,6 +151,12 @@ def _draw_erase_box(
 
 
 @functools.lru_cache(maxsize=8)
+def _channel_stats(mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 CPU ``(3, 1, 1)`` tensors of the statistics, made once (read, never written)."""
+    return torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+
+
+@functools.lru_cache(maxsize=8)
 def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
     # torchvision takes the log in the default dtype (float32), not in double: bounds
     # computed with math.log would shift the rounding of a rare h or w.
@@ -152,7 +164,9 @@ def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
     return float(log_ratio[0]), float(log_ratio[1])
 
 
-def augment_image(pixels: torch.Tensor, params: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
+def augment_image(
+    pixels: torch.Tensor, params: torch.Tensor | Sequence[int], spec: AugmentSpec
+) -> torch.Tensor:
     """Flip, pad + crop, scale to [0, 1], normalise and erase one image: the per-image
     path, with torchvision's pixel operations (exact ones: a mirror, zero padding, a
     crop) and its float operations, in its order, so the result is torchvision's to the
@@ -160,13 +174,15 @@ def augment_image(pixels: torch.Tensor, params: torch.Tensor, spec: AugmentSpec)
 
     Args:
         pixels: uint8 ``(3, H, W)``, ``(H, W) == spec.size``.
-        params: int64 ``(8,)``, a row of :func:`draw_params`.
+        params: int64 ``(8,)``, a row of :func:`draw_params`, or its
+            :func:`draw_values`.
         spec: the augmentation the params were drawn for.
 
     Returns:
         float32 ``(3, H, W)``.
     """
-    flip, top, left, erase, i, j, h, w = params.tolist()
+    values = params.tolist() if isinstance(params, torch.Tensor) else params
+    flip, top, left, erase, i, j, h, w = values
     height, width = spec.size
     if flip:
         pixels = pixels.flip(-1)
@@ -175,8 +191,8 @@ def augment_image(pixels: torch.Tensor, params: torch.Tensor, spec: AugmentSpec)
         padded = pixels.new_zeros((3, height + 2 * pad, width + 2 * pad))
         padded[:, pad : pad + height, pad : pad + width] = pixels
         pixels = padded[:, top : top + height, left : left + width]
-    out = pixels.to(torch.float32).mul_(1.0 / 255)
-    out = out.sub_(torch.tensor(spec.mean).view(3, 1, 1)).div_(torch.tensor(spec.std).view(3, 1, 1))
+    mean, std = _channel_stats(spec.mean, spec.std)
+    out = pixels.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
     if erase:
         out[:, i : i + h, j : j + w] = 0.0
     return out

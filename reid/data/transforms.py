@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from reid.data.augment import AugmentSpec, augment_image, draw_params
+from reid.data.augment import AugmentSpec, augment_image, draw_values
 
 
 def build_train_transform(
@@ -54,7 +54,7 @@ class TrainTransform:
 
     It is torchvision's v2 pipeline (``RandomHorizontalFlip``, ``Pad`` + ``RandomCrop``,
     ``ToImage``, ``ToDtype``, ``Normalize``, ``RandomErasing``) to the bit, with the same
-    draws (:func:`reid.data.augment.draw_params`), but applied by
+    draws (:func:`reid.data.augment.draw_values`), but applied by
     :func:`reid.data.augment.augment_image` in a handful of tensor operations: at ReID
     image sizes torchvision's per-step dispatch cost more than the pixel work.
 
@@ -76,7 +76,7 @@ class TrainTransform:
         if self.resize:
             image = self._resize(image)
         pixels = TF.pil_to_tensor(image) if isinstance(image, Image.Image) else image
-        return augment_image(pixels, draw_params(self.spec), self.spec)
+        return augment_image(pixels, draw_values(self.spec), self.spec)
 
 
 def build_test_transform(
