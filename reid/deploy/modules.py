@@ -60,7 +60,7 @@ class DeployModel(nn.Module):
         return embed(self.model, TF.normalize(x, self.mean, self.std), self.flip)
 
 
-class FloatInputDeployModel(nn.Module):
+class FloatInputDeployModel(DeployModel):
     """ImageNet-normalised float32 RGB images -> test features: the trackers' profile.
 
     The caller scales to [0, 1] and normalises with ImageNet's mean and std, as BoxMOT
@@ -80,10 +80,7 @@ class FloatInputDeployModel(nn.Module):
     def __init__(
         self, model: ReidModel, mean: Sequence[float], std: Sequence[float], flip: bool
     ) -> None:
-        super().__init__()
-        self.model = model.eval()
-        self.mean, self.std = list(mean), list(std)
-        self.flip = flip
+        super().__init__(model, mean, std, flip)
         mean_in, std_in = (torch.tensor(v, dtype=torch.float64) for v in IMAGENET_STATS)
         model_mean = torch.tensor(self.mean, dtype=torch.float64)
         model_std = torch.tensor(self.std, dtype=torch.float64)
@@ -93,10 +90,6 @@ class FloatInputDeployModel(nn.Module):
         self.convert = not (torch.equal(scale, torch.ones_like(scale)) and not shift.any())
         self.register_buffer("scale", scale.float().view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.float().view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def feat_dim(self) -> int:
-        return self.model.feat_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Maps ImageNet-normalised float32 ``(N, 3, H, W)`` to features ``(N, D)``."""
