@@ -107,7 +107,8 @@ def test_preempted_torchrun_resumes_to_the_same_metrics(two_process_run: Path) -
     """SIGTERM reaches rank 0 only; the ranks agree to stop at the same step, and
     --resume under torchrun finishes as the uninterrupted 2-process run did."""
     out = two_process_run.parent / "torchrun_preempted"
-    args = [*CONFIG, *tiny(out.parent, out), *SCHEDULE, *NO_SYNC_BN]
+    # The stop comes at the end of the signal's logging period: mid-epoch with 2.
+    args = [*CONFIG, *tiny(out.parent, out), *SCHEDULE, *NO_SYNC_BN, "SOLVER.LOG_PERIOD", "2"]
     stopped = run(torchrun(TESTS / "stopping_train.py", "15", *args))
     assert stopped.returncode != 0
     # Each rank prints it, unless torchrun ends it first (once rank 0 has exited).
