@@ -102,7 +102,7 @@ def params_for(spec: AugmentSpec, seeds) -> torch.Tensor:
 )
 def test_batch_path_equals_per_image_transform(changes: dict) -> None:
     spec = make_spec(**changes)
-    seeds = range(1000, 1200)
+    seeds = range(1000, 1100)
     images = random_images(len(seeds), spec.size, seed=len(changes))
     transform = per_image_transform(spec)
 
@@ -186,12 +186,14 @@ def assert_frequency(count: int, n: int, prob: float, extra_var: float = 0.0) ->
     assert abs(count / n - prob) <= 5 * sd, (count / n, prob, sd)
 
 
+@pytest.mark.slow  # 20,000 draws: in the full suite, out of the quick loop
 def test_flip_frequency(drawn) -> None:
     _, params = drawn
     assert set(np.unique(params[:, FLIP])) <= {0, 1}
     assert_frequency(int(params[:, FLIP].sum()), DRAWS, DIST_FLIP)
 
 
+@pytest.mark.slow  # 20,000 draws: in the full suite, out of the quick loop
 def test_crop_offsets_uniform(drawn) -> None:
     _, params = drawn
     values = 2 * DIST_PADDING + 1
@@ -226,6 +228,7 @@ def simulate_erase_boxes(
 SIMULATED = 400000
 
 
+@pytest.mark.slow  # 20,000 draws: in the full suite, out of the quick loop
 def test_erase_frequency(drawn) -> None:
     spec, params = drawn
     fits, _, _ = simulate_erase_boxes(spec.size, SIMULATED)
@@ -237,6 +240,7 @@ def test_erase_frequency(drawn) -> None:
     assert not params[erased == 0][:, [BOX_I, BOX_J, BOX_H, BOX_W]].any()
 
 
+@pytest.mark.slow  # 20,000 draws: in the full suite, out of the quick loop
 def test_erase_boxes_follow_the_definition(drawn) -> None:
     spec, params = drawn
     height, width = spec.size

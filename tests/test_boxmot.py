@@ -14,8 +14,6 @@ from tiny_run import run_tool
 from reid import FeatureExtractor
 from reid.data.synthetic import draw_pedestrians
 
-runtime = pytest.importorskip("boxmot.reid.core.runtime")
-
 
 def pasted(crops: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
     """An RGB frame holding the crops side by side on grey, and their ``(x1, y1, x2, y2)``
@@ -50,6 +48,8 @@ def nearest(feats: np.ndarray) -> np.ndarray:
 def test_boxmot_runs_the_float_export_and_computes_our_features(
     trained: Path, tmp_path: Path
 ) -> None:
+    # Imported here, not at collection: boxmot takes seconds to import.
+    runtime = pytest.importorskip("boxmot.reid.core.runtime")
     graph = tmp_path / "resnet18_synthetic.onnx"
     result = run_tool("export.py", "--run", str(trained), "--input", "float", "--out", str(graph))
     assert result.returncode == 0, result.stderr[-2000:]
