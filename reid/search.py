@@ -24,7 +24,7 @@ from reid.data.datasets.market import IMAGE_SUFFIXES
 from reid.deploy import DeployModel, file_sha256, format_of
 from reid.errors import ReidError
 from reid.extractor import FeatureExtractor
-from reid.utils.io import atomic_write
+from reid.utils.io import atomic_write, user_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,8 @@ def default_index_path(gallery: str | Path) -> Path:
     gallery = Path(gallery)
     if gallery.is_dir() and os.access(gallery, os.W_OK | os.X_OK):
         return gallery / INDEX_NAME
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG spec ignores a relative XDG_CACHE_HOME.
-    cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     key = hashlib.sha256(str(gallery.resolve()).encode()).hexdigest()[:32]
-    path = cache / "reid" / "search" / f"{key}.npz"
+    path = user_cache_dir("search") / f"{key}.npz"
     logger.info("gallery %s is not a writable folder: its index is kept in %s", gallery, path)
     return path
 

@@ -31,6 +31,7 @@ from reid.data.datasets import DatasetError, Record
 from reid.data.image_dataset import ImageDataset, read_image
 from reid.errors import ReidError
 from reid.utils import distributed
+from reid.utils.io import user_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def _open_or_build(
 ) -> tuple[np.ndarray, Path, bool]:
     """The cache file's array, its path, and whether it was built now."""
     folders = [root / CACHE_FOLDER] if root.is_dir() else []
-    folders.append(_user_cache_folder())
+    folders.append(user_cache_dir("decoded"))
     for folder in folders:
         if (folder / name).exists():
             images = _open(folder / name, shape)
@@ -220,14 +221,6 @@ def _open_or_build(
     if images is None:
         raise ReidError(f"the decoded-image cache {path} cannot be read back after building it")
     return images, path, True
-
-
-def _user_cache_folder() -> Path:
-    """``$XDG_CACHE_HOME/reid/decoded``, or ``~/.cache/reid/decoded``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG spec ignores a relative XDG_CACHE_HOME.
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "reid" / "decoded"
 
 
 def _is_writable(folder: Path) -> bool:

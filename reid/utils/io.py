@@ -143,6 +143,14 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda file: file.write(text.encode()))
 
 
+def user_cache_dir(name: str) -> Path:
+    """The user's cache folder for ``name``: ``$XDG_CACHE_HOME/reid/<name>``, or
+    ``~/.cache/reid/<name>`` (the XDG spec ignores a relative ``XDG_CACHE_HOME``)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "reid" / name
+
+
 def make_output_dir(path: str | Path, key: str = "OUTPUT_DIR") -> Path:
     """Creates ``path`` if needed and checks that files can be written in it.
 
