@@ -136,16 +136,11 @@ class FeatureExtractor:
             ReidError: an item that is missing, unreadable or of an unsupported type,
                 shape or dtype; the message names the item's index.
         """
-        items = _as_list(images)
-        for index, item in enumerate(items):
-            _check_item(index, item)
-        feats = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            pixels = np.stack(
-                [self.pixels(_to_pil(start + i, item)) for i, item in enumerate(chunk)]
-            )
-            feats.append(self.embed_pixels(pixels))
+        items = _checked(images)
+        feats = [
+            self.embed_pixels(self._stack(items[start : start + self.batch_size], start))
+            for start in range(0, len(items), self.batch_size)
+        ]
         if not feats:
             return torch.empty(0, self.feat_dim)
         return torch.cat(feats)
@@ -153,11 +148,13 @@ class FeatureExtractor:
     def batch_pixels(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """The model's uint8 input ``(N, 3, H, W)`` of the images that :meth:`__call__`
         accepts, resized as it resizes them."""
-        items = _as_list(images)
-        for index, item in enumerate(items):
-            _check_item(index, item)
+        return self._stack(_checked(images), 0)
+
+    def _stack(self, items: list[ImageInput], first: int) -> np.ndarray:
+        """uint8 ``(N, 3, H, W)`` of checked items, the first being item ``first`` of
+        the caller's list (errors name that index)."""
         height, width = self.size
-        pixels = [self.pixels(_to_pil(i, item)) for i, item in enumerate(items)]
+        pixels = [self.pixels(_to_pil(first + i, item)) for i, item in enumerate(items)]
         return np.stack(pixels) if pixels else np.empty((0, 3, height, width), np.uint8)
 
     def pixels(self, image: Image.Image) -> np.ndarray:
@@ -230,6 +227,15 @@ def _imports_opt_in(modules: list[str]) -> str:
     """How a user of the extractor or of the tools built on it allows a file's plugins."""
     names = ",".join(map(str, modules))
     return f"pass imports={modules!r} (FeatureExtractor) or --imports {names} (export, search)"
+
+
+def _checked(images: Any) -> list[Any]:
+    """The accepted batch forms as a list of single images, each checked (the message
+    names the first bad one's index)."""
+    items = _as_list(images)
+    for index, item in enumerate(items):
+        _check_item(index, item)
+    return items
 
 
 def _as_list(images: Any) -> list[Any]:
